@@ -1,0 +1,27 @@
+//! Differentiable building blocks for training. candle's fused norm, softmax and rope kernels
+//! record no backward, and its matmul stores gradients for frozen weights; every op here has a
+//! correct backward. On the CPU with f32 they run as fused kernels (a `CustomOp` whose backward is
+//! another kernel); elsewhere they fall back to compositions of candle ops whose backward is right.
+
+mod attention;
+mod cpu;
+mod cross_entropy;
+mod frozen_matmul;
+mod norm;
+mod rope;
+
+#[cfg(test)]
+pub(crate) mod gradcheck;
+
+pub use attention::{AttentionMask, attention};
+pub use cross_entropy::{IGNORE_INDEX, cross_entropy_sum, linear_cross_entropy_sum, masked_cross_entropy_sum};
+pub use frozen_matmul::frozen_matmul;
+pub use norm::{layer_norm, rms_norm};
+pub use rope::{RopeLayout, RopeTables, rope};
+
+use candle_core::{DType, Device, Tensor};
+
+/// Whether the hand-written CPU kernels can run on this tensor.
+pub(crate) fn use_cpu_kernels(t: &Tensor) -> bool {
+    matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
+}

@@ -1,0 +1,195 @@
+//! Rotary position embedding with a correct backward (candle's fused `rope` has none). Supports
+//! the half-split ("rotate_half", Llama) and interleaved (GPT-J, GLM) pairings and partial
+//! rotation (only the first `rot_dim` features of each head rotate; the rest pass through).
+
+use super::cpu::slice;
+use super::use_cpu_kernels;
+use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Result, Shape, Tensor, bail};
+
+/// How rotated features are paired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeLayout {
+    /// Feature i pairs with i + rot_dim/2 (Hugging Face `rotate_half`).
+    HalfSplit,
+    /// Feature 2i pairs with 2i + 1.
+    Interleaved,
+}
+
+/// Precomputed cos/sin tables, `[max_positions, rot_dim / 2]`.
+#[derive(Debug, Clone)]
+pub struct RopeTables {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    cos_t: Tensor,
+    sin_t: Tensor,
+    pub rot_dim: usize,
+    pub layout: RopeLayout,
+}
+
+impl RopeTables {
+    /// Tables for positions `0..max_positions` from inverse frequencies (`rot_dim / 2` of them);
+    /// `attention_scaling` multiplies cos and sin (YaRN's mscale; 1 otherwise).
+    pub fn new(inv_freq: &[f64], max_positions: usize, attention_scaling: f64, layout: RopeLayout, device: &Device) -> Result<Self> {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(max_positions * half);
+        let mut sin = Vec::with_capacity(max_positions * half);
+        for p in 0..max_positions {
+            for &f in inv_freq {
+                // Same f32 rounding as Hugging Face: freqs are computed in f32.
+                let angle = (p as f32) * (f as f32);
+                cos.push(angle.cos() * attention_scaling as f32);
+                sin.push(angle.sin() * attention_scaling as f32);
+            }
+        }
+        let cos_t = Tensor::from_slice(&cos, (max_positions, half), device)?;
+        let sin_t = Tensor::from_slice(&sin, (max_positions, half), device)?;
+        Ok(Self { cos, sin, cos_t, sin_t, rot_dim: 2 * half, layout })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.cos.len() / (self.rot_dim / 2).max(1)
+    }
+}
+
+/// Rotates `x` (`[batch, heads, seq, head_dim]`) for positions `offset..offset + seq`.
+pub fn rope(x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
+    let (_, _, t, d) = x.dims4()?;
+    if tables.rot_dim > d {
+        bail!("rope: rotary dim {} exceeds head dim {d}", tables.rot_dim);
+    }
+    if offset + t > tables.max_positions() {
+        bail!("rope: position {} is past the {} precomputed positions", offset + t, tables.max_positions());
+    }
+    if use_cpu_kernels(x) {
+        let half = tables.rot_dim / 2;
+        let range = offset * half..(offset + t) * half;
+        let op = RopeOp {
+            cos: tables.cos[range.clone()].to_vec(),
+            sin: tables.sin[range].to_vec(),
+            rot_dim: tables.rot_dim,
+            layout: tables.layout,
+            inverse: false,
+        };
+        return x.contiguous()?.apply_op1(op);
+    }
+    let cos = tables.cos_t.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+    let sin = tables.sin_t.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+    composed(x, &cos, &sin, tables.rot_dim, tables.layout)
+}
+
+fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize, layout: RopeLayout) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let half = rot / 2;
+    let xr = x.narrow(D::Minus1, 0, rot)?;
+    let rotated = match layout {
+        RopeLayout::HalfSplit => {
+            let x1 = xr.narrow(D::Minus1, 0, half)?;
+            let x2 = xr.narrow(D::Minus1, half, half)?;
+            let a = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+            let b = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+            Tensor::cat(&[a, b], D::Minus1)?
+        }
+        RopeLayout::Interleaved => {
+            let dims = xr.dims().to_vec();
+            let mut pair_dims = dims[..dims.len() - 1].to_vec();
+            pair_dims.extend([half, 2]);
+            let pairs = xr.reshape(pair_dims)?;
+            let e = pairs.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+            let o = pairs.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+            let a = (e.broadcast_mul(cos)? - o.broadcast_mul(sin)?)?;
+            let b = (o.broadcast_mul(cos)? + e.broadcast_mul(sin)?)?;
+            Tensor::stack(&[a, b], D::Minus1)?.reshape(dims)?
+        }
+    };
+    if rot == d {
+        Ok(rotated)
+    } else {
+        Tensor::cat(&[rotated, x.narrow(D::Minus1, rot, d - rot)?], D::Minus1)
+    }
+}
+
+struct RopeOp {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    rot_dim: usize,
+    layout: RopeLayout,
+    /// Rotate by the negative angle: the backward of a rotation is its inverse.
+    inverse: bool,
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let dims = l.dims();
+        let (t, d) = (dims[2], dims[3]);
+        let half = self.rot_dim / 2;
+        let sign = if self.inverse { -1f32 } else { 1f32 };
+        let mut out = x.to_vec();
+        for (row_idx, row) in out.chunks_mut(d).enumerate() {
+            let p = row_idx % t;
+            let cs = &self.cos[p * half..(p + 1) * half];
+            let sn = &self.sin[p * half..(p + 1) * half];
+            for i in 0..half {
+                let (a, b) = match self.layout {
+                    RopeLayout::HalfSplit => (i, i + half),
+                    RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (xa, xb) = (row[a], row[b]);
+                let (c, s) = (cs[i], sign * sn[i]);
+                row[a] = xa * c - xb * s;
+                row[b] = xb * c + xa * s;
+            }
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let inverse = RopeOp {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            rot_dim: self.rot_dim,
+            layout: self.layout,
+            inverse: !self.inverse,
+        };
+        let grad = grad.to_dtype(DType::F32)?.contiguous()?;
+        Ok(Some(grad.apply_op1_no_bwd(&inverse)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::{assert_close, check_gradient, randn};
+
+    fn tables(rot: usize, layout: RopeLayout) -> Result<RopeTables> {
+        let inv: Vec<f64> = (0..rot / 2).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / rot as f64)).collect();
+        RopeTables::new(&inv, 32, 1.0, layout, &Device::Cpu)
+    }
+
+    #[test]
+    fn kernel_matches_composition_and_gradients_check() -> Result<()> {
+        let x = randn(&[2, 3, 5, 8], 1, &Device::Cpu)?;
+        for layout in [RopeLayout::HalfSplit, RopeLayout::Interleaved] {
+            for rot in [8, 4] {
+                let tb = tables(rot, layout)?;
+                let cos = tb.cos_t.narrow(0, 2, 5)?;
+                let sin = tb.sin_t.narrow(0, 2, 5)?;
+                let expected = composed(&x.to_dtype(DType::F64)?, &cos.to_dtype(DType::F64)?, &sin.to_dtype(DType::F64)?, rot, layout)?;
+                assert_close(&rope(&x, &tb, 2)?, &expected, 1e-6)?;
+                check_gradient(|x| rope(x, &tb, 2), &x, 7, 1e-2, 1e-3)?;
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn position_zero_is_identity() -> Result<()> {
+        let x = randn(&[1, 1, 1, 8], 1, &Device::Cpu)?;
+        let tb = tables(8, RopeLayout::HalfSplit)?;
+        assert_close(&rope(&x, &tb, 0)?, &x, 1e-7)
+    }
+}
