@@ -1,10 +1,17 @@
 //! Finetune Studio's training engine: loads Hugging Face models into candle, wraps their
 //! projections with LoRA, trains with differentiable ops only, and writes PEFT-compatible output.
-//! Synchronous and free of async runtimes, databases and UI: it reports progress through
-//! [`train::EventSink`] and stops when an [`train::Interrupter`] says so.
+//! Synchronous and free of async runtimes, databases and UI: it reports progress through an
+//! event sink and stops when an interrupter says so.
 
+pub mod arch;
+pub mod config;
+pub mod device;
 pub mod error;
+pub mod fsutil;
+pub mod layers;
+pub mod model;
 pub mod ops;
+pub mod peft;
 pub mod rng;
 
 pub use error::{EngineError, Result};

@@ -1,0 +1,75 @@
+//! Picks the device and dtype a run uses from the config's `auto`/explicit settings, and sizes
+//! the CPU thread pool from physical cores.
+
+use crate::error::{EngineError, Result};
+use candle_core::{DType, Device};
+
+/// `auto` picks CUDA or Metal when compiled in and present, else the CPU.
+pub fn resolve_device(setting: &str) -> Result<Device> {
+    let err = |e: candle_core::Error| EngineError::config("model.device", e.to_string());
+    match setting {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(err),
+        "metal" => Device::new_metal(0).map_err(err),
+        "auto" => {
+            if candle_core::utils::cuda_is_available() {
+                Device::new_cuda(0).map_err(err)
+            } else if candle_core::utils::metal_is_available() {
+                Device::new_metal(0).map_err(err)
+            } else {
+                Ok(Device::Cpu)
+            }
+        }
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => Device::new_cuda(n).map_err(err),
+            None => Err(EngineError::config("model.device", format!("unknown device `{other}`"))),
+        },
+    }
+}
+
+/// `auto` is f32 on the CPU (candle's CPU bf16 matmul widens to f32 on every call) and bf16 on
+/// GPUs.
+pub fn resolve_dtype(setting: &str, device: &Device) -> Result<DType> {
+    Ok(match setting {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        "auto" => {
+            if device.is_cpu() {
+                DType::F32
+            } else {
+                DType::BF16
+            }
+        }
+        other => return Err(EngineError::config("model.dtype", format!("unknown dtype `{other}`"))),
+    })
+}
+
+/// Physical CPU cores (distinct core ids per package), falling back to the logical count.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return logical };
+    let mut cores = std::collections::HashSet::new();
+    let mut package = String::new();
+    for line in info.lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            match k.trim() {
+                "physical id" => package = v.trim().to_string(),
+                "core id" => {
+                    cores.insert((package.clone(), v.trim().to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    if cores.is_empty() { logical } else { cores.len().min(logical) }
+}
+
+/// Sets `RAYON_NUM_THREADS` to the physical core count unless the user chose one. Must run before
+/// the first candle CPU op (rayon reads it once).
+pub fn init_cpu_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // SAFETY: called at start-up before any other thread exists.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", physical_cores().to_string()) };
+    }
+}

@@ -1,0 +1,90 @@
+//! A dense linear layer: frozen (forward through [`crate::ops::frozen_matmul`], so no gradient is
+//! ever computed for its weight) or trainable (full fine-tuning: the weight is a `Var`).
+
+use super::{ForwardCtx, Linear};
+use crate::ops::frozen_matmul;
+use candle_core::{Result, Tensor, Var};
+
+pub enum DenseLinear {
+    Frozen { weight: Tensor, bias: Option<Tensor> },
+    Trainable { weight: Var, bias: Option<Var> },
+}
+
+impl DenseLinear {
+    pub fn frozen(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self::Frozen { weight, bias }
+    }
+
+    pub fn trainable(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self::Trainable { weight: Var::from_tensor(&weight)?, bias: bias.map(|b| Var::from_tensor(&b)).transpose()? })
+    }
+
+    fn weight(&self) -> &Tensor {
+        match self {
+            Self::Frozen { weight, .. } => weight,
+            Self::Trainable { weight, .. } => weight.as_tensor(),
+        }
+    }
+}
+
+impl Linear for DenseLinear {
+    fn forward(&self, x: &Tensor, _ctx: &ForwardCtx) -> Result<Tensor> {
+        let (y, bias) = match self {
+            Self::Frozen { weight, bias } => (frozen_matmul(x, weight)?, bias.clone()),
+            Self::Trainable { weight, bias } => {
+                let w = weight.as_tensor();
+                let x = if x.dtype() != w.dtype() { x.to_dtype(w.dtype())? } else { x.clone() };
+                let dims = x.dims().to_vec();
+                let rows = x.elem_count() / dims[dims.len() - 1];
+                let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
+                let mut out = dims;
+                let last = out.len() - 1;
+                out[last] = w.dim(0)?;
+                (y.reshape(out)?, bias.as_ref().map(|b| b.as_tensor().clone()))
+            }
+        };
+        match bias {
+            Some(b) => y.broadcast_add(&b),
+            None => Ok(y),
+        }
+    }
+
+    fn dims(&self) -> (usize, usize) {
+        let d = self.weight().dims();
+        (d[1], d[0])
+    }
+
+    fn trainable(&self) -> Vec<(String, Var)> {
+        match self {
+            Self::Frozen { .. } => vec![],
+            Self::Trainable { weight, bias } => {
+                let mut v = vec![("weight".to_string(), weight.clone())];
+                if let Some(b) = bias {
+                    v.push(("bias".to_string(), b.clone()));
+                }
+                v
+            }
+        }
+    }
+
+    fn merged_weight(&self) -> Result<Tensor> {
+        Ok(self.weight().detach())
+    }
+
+    fn bias(&self) -> Option<Tensor> {
+        match self {
+            Self::Frozen { bias, .. } => bias.clone(),
+            Self::Trainable { bias, .. } => bias.as_ref().map(|b| b.as_tensor().detach()),
+        }
+    }
+
+    fn base_bytes(&self) -> usize {
+        match self {
+            Self::Frozen { weight, bias } => {
+                let b = bias.as_ref().map(|b| b.elem_count() * b.dtype().size_in_bytes()).unwrap_or(0);
+                weight.elem_count() * weight.dtype().size_in_bytes() + b
+            }
+            Self::Trainable { .. } => 0,
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! [`LayerFactory`]: builds every projection from the weight source and the [`AdapterPlan`]
+//! (which method, which modules get LoRA, how adapters start), and every other parameter
+//! (embeddings, norms) frozen or trainable as the method requires.
+
+use super::{DenseLinear, Linear, LoraLinear};
+use crate::config::MethodKind;
+use crate::error::{EngineError, Result};
+use crate::model::WeightSource;
+use crate::rng::Rng;
+use candle_core::{DType, Device, Tensor, Var};
+use std::sync::{Arc, Mutex};
+
+/// Which linear layers receive an adapter, with PEFT's matching rule: a target matches a module
+/// whose path equals it or ends with `.target`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetSet {
+    AllLinear,
+    /// Module names matched by suffix (`q_proj`).
+    Modules(Vec<String>),
+    /// Exact module paths (read back from an adapter's tensor names).
+    Paths(Vec<String>),
+}
+
+impl TargetSet {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            TargetSet::AllLinear => true,
+            TargetSet::Modules(m) => m.iter().any(|t| path == t || path.ends_with(&format!(".{t}"))),
+            TargetSet::Paths(p) => p.iter().any(|t| t == path),
+        }
+    }
+}
+
+/// What the factory wraps and how.
+#[derive(Clone)]
+pub struct AdapterPlan {
+    pub method: MethodKind,
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub use_rslora: bool,
+    pub targets: TargetSet,
+    pub seed: u64,
+    /// Start adapters from these PEFT weights instead of a fresh initialisation.
+    pub init_from: Option<Arc<dyn WeightSource>>,
+}
+
+impl AdapterPlan {
+    /// No adapters, frozen base: for evaluation and generation.
+    pub fn frozen() -> Self {
+        Self {
+            method: MethodKind::Lora,
+            r: 0,
+            alpha: 0.0,
+            dropout: 0.0,
+            use_rslora: false,
+            targets: TargetSet::Modules(vec![]),
+            seed: 0,
+            init_from: None,
+        }
+    }
+
+    pub fn scale(&self) -> f64 {
+        if self.use_rslora { self.alpha / (self.r as f64).sqrt() } else { self.alpha / self.r as f64 }
+    }
+
+    fn wants_adapter(&self, path: &str) -> bool {
+        self.method != MethodKind::Full && self.r > 0 && self.targets.matches(path)
+    }
+}
+
+/// The PEFT tensor name of a module's adapter weight (`lora_A` or `lora_B`).
+pub fn peft_name(path: &str, which: &str) -> String {
+    format!("base_model.model.{path}.{which}.weight")
+}
+
+/// A parameter that is frozen or trained depending on the method.
+#[derive(Clone)]
+pub enum Param {
+    Frozen(Tensor),
+    Trainable(Var),
+}
+
+impl Param {
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Param::Frozen(t) => t,
+            Param::Trainable(v) => v.as_tensor(),
+        }
+    }
+    pub fn var(&self) -> Option<&Var> {
+        match self {
+            Param::Frozen(_) => None,
+            Param::Trainable(v) => Some(v),
+        }
+    }
+}
+
+pub struct LayerFactory {
+    pub weights: Arc<dyn WeightSource>,
+    pub dtype: DType,
+    pub device: Device,
+    pub plan: AdapterPlan,
+    adapted: Mutex<Vec<String>>,
+}
+
+impl LayerFactory {
+    pub fn new(weights: Arc<dyn WeightSource>, dtype: DType, device: Device, plan: AdapterPlan) -> Self {
+        Self { weights, dtype, device, plan, adapted: Mutex::new(Vec::new()) }
+    }
+
+    /// Module paths that received an adapter, in build order.
+    pub fn adapted_modules(&self) -> Vec<String> {
+        self.adapted.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    fn full(&self) -> bool {
+        self.plan.method == MethodKind::Full
+    }
+
+    /// Loads a tensor with the expected shape in the given dtype.
+    pub fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        self.weights.load_shaped(name, shape, dtype, &self.device)
+    }
+
+    /// An embedding, norm or other non-linear parameter: trainable only in full fine-tuning.
+    /// Norm weights are kept in f32 (as `prepare_model_for_kbit_training` does).
+    pub fn param(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Param> {
+        let t = self.tensor(name, shape, dtype)?;
+        Ok(if self.full() { Param::Trainable(Var::from_tensor(&t)?) } else { Param::Frozen(t) })
+    }
+
+    /// The projection `path` with weight `{path}.weight` of shape `[out, in]` (and its bias).
+    pub fn linear(&self, path: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Box<dyn Linear>> {
+        let w = self.tensor(&format!("{path}.weight"), &[out_dim, in_dim], self.dtype)?;
+        let b = if bias { Some(self.tensor(&format!("{path}.bias"), &[out_dim], self.dtype)?) } else { None };
+        self.linear_from(path, w, b)
+    }
+
+    /// A projection from an already-loaded (e.g. transposed or split) weight `[out, in]`.
+    pub fn linear_from(&self, path: &str, weight: Tensor, bias: Option<Tensor>) -> Result<Box<dyn Linear>> {
+        let base: Box<dyn Linear> = if self.full() {
+            Box::new(DenseLinear::trainable(weight, bias)?)
+        } else {
+            Box::new(DenseLinear::frozen(weight, bias))
+        };
+        self.wrap(path, base)
+    }
+
+    /// Wraps a base with LoRA when the plan targets `path`.
+    pub fn wrap(&self, path: &str, base: Box<dyn Linear>) -> Result<Box<dyn Linear>> {
+        if !self.plan.wants_adapter(path) {
+            return Ok(base);
+        }
+        let (in_dim, out_dim) = base.dims();
+        let r = self.plan.r;
+        let (a, b) = match &self.plan.init_from {
+            Some(src) => {
+                let a = src.load_shaped(&peft_name(path, "lora_A"), &[r, in_dim], DType::F32, &self.device)?;
+                let b = src.load_shaped(&peft_name(path, "lora_B"), &[out_dim, r], DType::F32, &self.device)?;
+                (a, b)
+            }
+            None => {
+                // PEFT: A ~ kaiming_uniform(a=√5) = U(-1/√in, 1/√in), B = 0.
+                let mut rng = Rng::stream(self.plan.seed, &[Rng::key("lora-init"), Rng::key(path)]);
+                let bound = 1.0 / (in_dim as f64).sqrt();
+                let a: Vec<f32> = (0..r * in_dim).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
+                let a = Tensor::from_vec(a, (r, in_dim), &self.device)?;
+                (a, Tensor::zeros((out_dim, r), DType::F32, &self.device)?)
+            }
+        };
+        if let Ok(mut v) = self.adapted.lock() {
+            v.push(path.to_string());
+        }
+        Ok(Box::new(LoraLinear {
+            base,
+            a: Var::from_tensor(&a)?,
+            b: Var::from_tensor(&b)?,
+            scale: self.plan.scale(),
+            dropout: self.plan.dropout,
+            key: Rng::key(path),
+        }))
+    }
+
+    /// Fails when an `init_from` adapter carries weights for modules this model did not wrap
+    /// (an adapter for another model, or different targets).
+    pub fn check_init_adapter_used(&self) -> Result<()> {
+        let Some(src) = &self.plan.init_from else { return Ok(()) };
+        let adapted = self.adapted_modules();
+        for name in src.names() {
+            let used = adapted.iter().any(|p| name == peft_name(p, "lora_A") || name == peft_name(p, "lora_B"));
+            if !used {
+                return Err(EngineError::tensor(
+                    src.origin(&name),
+                    &name,
+                    "no matching module in this model (was the adapter trained for another model or other targets?)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! LoRA as a decorator over any base linear: `y = base(x) + B · A · dropout(x) · scale`, with the
+//! adapter kept in f32 whatever the base dtype (PEFT casts the input to the adapter's dtype too).
+
+use super::{ForwardCtx, Linear};
+use crate::rng::Rng;
+use candle_core::{DType, Result, Tensor, Var};
+
+pub struct LoraLinear {
+    pub base: Box<dyn Linear>,
+    /// `[r, in]`
+    pub a: Var,
+    /// `[out, r]`
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f64,
+    /// Key of this module's dropout stream.
+    pub key: u64,
+}
+
+/// A dropout mask (values 0 or 1/(1-p)) from a seeded stream; 16 random bits per element.
+pub fn dropout_mask(shape: &[usize], p: f64, rng: &mut Rng) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let threshold = (p * 65536.0).round() as u64;
+    let keep = (1.0 / (1.0 - p)) as f32;
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let r = rng.next_u64();
+        for k in 0..4 {
+            if out.len() == n {
+                break;
+            }
+            let bits = (r >> (16 * k)) & 0xffff;
+            out.push(if bits < threshold { 0.0 } else { keep });
+        }
+    }
+    out
+}
+
+impl LoraLinear {
+    /// Rank of the adapter.
+    pub fn rank(&self) -> usize {
+        self.a.as_tensor().dim(0).unwrap_or(0)
+    }
+
+    /// The update `scale · B · A` as `[out, in]` in f32.
+    pub fn delta(&self) -> Result<Tensor> {
+        self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale
+    }
+}
+
+impl Linear for LoraLinear {
+    fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let y = self.base.forward(x, ctx)?;
+        let a = self.a.as_tensor();
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim;
+        let mut xa = x.to_dtype(a.dtype())?.reshape((rows, in_dim))?;
+        if ctx.train && self.dropout > 0.0 {
+            let mut rng = Rng::stream(ctx.seed, &[Rng::key("lora-dropout"), ctx.pass, self.key]);
+            let mask = dropout_mask(&[rows, in_dim], self.dropout, &mut rng);
+            xa = (xa * Tensor::from_vec(mask, (rows, in_dim), x.device())?.to_dtype(a.dtype())?)?;
+        }
+        let z = xa.matmul(&a.t()?)?.matmul(&self.b.as_tensor().t()?)?;
+        let z = (z * self.scale)?.reshape(y.dims())?.to_dtype(y.dtype())?;
+        y + z
+    }
+
+    fn dims(&self) -> (usize, usize) {
+        self.base.dims()
+    }
+
+    fn trainable(&self) -> Vec<(String, Var)> {
+        vec![("lora_A.weight".into(), self.a.clone()), ("lora_B.weight".into(), self.b.clone())]
+    }
+
+    fn merged_weight(&self) -> Result<Tensor> {
+        let base = self.base.merged_weight()?;
+        let delta = self.delta()?.to_dtype(DType::F32)?;
+        base.to_dtype(DType::F32)?.add(&delta)?.to_dtype(base.dtype())
+    }
+
+    fn bias(&self) -> Option<Tensor> {
+        self.base.bias()
+    }
+
+    fn base_bytes(&self) -> usize {
+        self.base.base_bytes()
+    }
+
+    fn as_lora(&self) -> Option<&LoraLinear> {
+        Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_mask_keeps_the_right_fraction() {
+        let mut rng = Rng::new(1);
+        let m = dropout_mask(&[100, 100], 0.25, &mut rng);
+        let dropped = m.iter().filter(|&&v| v == 0.0).count() as f64 / m.len() as f64;
+        assert!((dropped - 0.25).abs() < 0.02, "{dropped}");
+        assert!(m.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+    }
+}

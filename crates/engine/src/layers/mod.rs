@@ -1,0 +1,46 @@
+//! The one linear-layer seam. Every projection of every architecture is a `Box<dyn Linear>` made
+//! by [`LayerFactory`], which picks the base (frozen dense, trainable dense, later quantized) and
+//! wraps it with a LoRA adapter when the plan targets it. Models never branch on either.
+
+mod dense;
+mod factory;
+mod lora;
+
+pub use dense::DenseLinear;
+pub use factory::{AdapterPlan, LayerFactory, Param, TargetSet, peft_name};
+pub use lora::{LoraLinear, dropout_mask};
+
+use candle_core::{Result, Tensor, Var};
+
+/// Per-forward settings that layers may need (dropout is on only in training; its masks are
+/// drawn from a stream keyed by seed and step so recomputation and resume redraw the same ones).
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardCtx {
+    pub train: bool,
+    pub seed: u64,
+    /// A key unique to this forward pass (optimizer step and micro-batch).
+    pub pass: u64,
+}
+
+impl ForwardCtx {
+    pub fn eval() -> Self {
+        Self { train: false, seed: 0, pass: 0 }
+    }
+}
+
+/// A linear projection `y = x · Wᵀ (+ b)` of some kind.
+pub trait Linear: Send + Sync {
+    fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor>;
+    /// (in features, out features)
+    fn dims(&self) -> (usize, usize);
+    /// Trainable variables, named relative to the module (`weight`, `lora_A.weight`, ...).
+    fn trainable(&self) -> Vec<(String, Var)>;
+    /// The dense weight `[out, in]` this layer computes with, adapters merged in.
+    fn merged_weight(&self) -> Result<Tensor>;
+    fn bias(&self) -> Option<Tensor>;
+    /// Bytes held by the frozen base.
+    fn base_bytes(&self) -> usize;
+    fn as_lora(&self) -> Option<&LoraLinear> {
+        None
+    }
+}
