@@ -5,13 +5,20 @@
 
 pub mod arch;
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
+pub mod export;
 pub mod fsutil;
+pub mod generate;
 pub mod layers;
 pub mod model;
 pub mod ops;
 pub mod peft;
 pub mod rng;
+pub mod tokenizer;
+pub mod train;
 
+pub use candle_core::{DType, Device};
 pub use error::{EngineError, Result};

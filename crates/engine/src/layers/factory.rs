@@ -64,8 +64,13 @@ impl AdapterPlan {
         if self.use_rslora { self.alpha / (self.r as f64).sqrt() } else { self.alpha / self.r as f64 }
     }
 
-    fn wants_adapter(&self, path: &str) -> bool {
-        self.method != MethodKind::Full && self.r > 0 && self.targets.matches(path)
+    fn wants_adapter(&self, path: &str, output_head: bool) -> bool {
+        // Like PEFT, `all-linear` leaves the output head alone; naming it explicitly adapts it.
+        let targeted = match (&self.targets, output_head) {
+            (TargetSet::AllLinear, true) => false,
+            (t, _) => t.matches(path),
+        };
+        self.method != MethodKind::Full && self.r > 0 && targeted
     }
 }
 
@@ -137,6 +142,14 @@ impl LayerFactory {
         self.linear_from(path, w, b)
     }
 
+    /// The output head (`lm_head`): adapted only when a target names it.
+    pub fn output_head(&self, path: &str, in_dim: usize, out_dim: usize) -> Result<Box<dyn Linear>> {
+        let w = self.tensor(&format!("{path}.weight"), &[out_dim, in_dim], self.dtype)?;
+        let base: Box<dyn Linear> =
+            if self.full() { Box::new(DenseLinear::trainable(w, None)?) } else { Box::new(DenseLinear::frozen(w, None)) };
+        self.wrap_as(path, base, true)
+    }
+
     /// A projection from an already-loaded (e.g. transposed or split) weight `[out, in]`.
     pub fn linear_from(&self, path: &str, weight: Tensor, bias: Option<Tensor>) -> Result<Box<dyn Linear>> {
         let base: Box<dyn Linear> = if self.full() {
@@ -149,7 +162,11 @@ impl LayerFactory {
 
     /// Wraps a base with LoRA when the plan targets `path`.
     pub fn wrap(&self, path: &str, base: Box<dyn Linear>) -> Result<Box<dyn Linear>> {
-        if !self.plan.wants_adapter(path) {
+        self.wrap_as(path, base, false)
+    }
+
+    fn wrap_as(&self, path: &str, base: Box<dyn Linear>, output_head: bool) -> Result<Box<dyn Linear>> {
+        if !self.plan.wants_adapter(path, output_head) {
             return Ok(base);
         }
         let (in_dim, out_dim) = base.dims();

@@ -196,7 +196,6 @@ impl Mlp {
 
 /// One decoder block.
 pub struct Block {
-    pub prefix: String,
     residual: Residual,
     input_norm: Norm,
     post_norm: Option<Norm>,
@@ -219,7 +218,6 @@ impl Block {
         Ok(Self {
             attn: Attention::load(f, spec, d, &prefix, layer)?,
             mlp: Mlp::load(f, spec, d, &prefix)?,
-            prefix,
             residual: spec.residual,
             input_norm,
             post_norm,

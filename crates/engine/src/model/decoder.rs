@@ -57,7 +57,7 @@ impl CausalLm {
         let head = if dims.tie_embeddings || !f.weights.contains(&head_name) {
             Head::Tied
         } else {
-            Head::Linear(f.linear(spec.names.lm_head, h, v, false)?)
+            Head::Linear(f.output_head(spec.names.lm_head, h, v)?)
         };
         let rope = match (spec.position, &dims.rope) {
             (PositionKind::Rope(layout), Some(params)) => {

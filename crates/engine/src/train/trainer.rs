@@ -1,0 +1,315 @@
+//! The training loop: loads the model and data, then for each optimizer step accumulates
+//! gradients over micro-batches, clips, updates, reports, evaluates and checkpoints. The data
+//! order and every random draw are functions of (seed, step), so a run resumed from a checkpoint
+//! continues exactly as it would have.
+
+use super::checkpoint::{self, LoadedCheckpoint, TrainerState};
+use super::events::{EventSink, Interrupter, MemoryStats, StopRequest, TrainEvent};
+use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use super::plan::adapter_plan;
+use super::schedule::{ScheduleKind, lr_at};
+use super::step::{GradAccumulator, MicroBatch, accumulate};
+use crate::arch;
+use crate::config::{MethodKind, TrainConfig};
+use crate::data::{self, Batch, Dataset, Example};
+use crate::device;
+use crate::error::{EngineError, Result};
+use crate::eval::evaluate;
+use crate::export;
+use crate::fsutil;
+use crate::layers::{ForwardCtx, LayerFactory};
+use crate::model::{CausalLm, HfConfig, ModelDims, SafetensorsWeights, WeightSource, next_token_targets};
+use crate::peft;
+use crate::tokenizer::TextTokenizer;
+use candle_core::{DType, Tensor, Var};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainStatus {
+    Completed,
+    Paused,
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub status: TrainStatus,
+    pub step: u64,
+    pub final_loss: f64,
+    pub best_loss: f64,
+    pub eval_loss: Option<f64>,
+}
+
+fn log(sink: &mut dyn EventSink, message: impl Into<String>) {
+    sink.emit(&TrainEvent::Log { level: "info".into(), message: message.into() });
+}
+
+/// Where one micro-batch of the run comes from.
+struct DataCursor<'a> {
+    train: &'a [Example],
+    batch_size: usize,
+    per_epoch: usize,
+    shuffle: bool,
+    seed: u64,
+    order: Option<(u64, Vec<usize>)>,
+}
+
+impl<'a> DataCursor<'a> {
+    /// The examples of global micro-batch `g`.
+    fn micro_batch(&mut self, g: u64) -> Vec<&'a Example> {
+        let epoch = g / self.per_epoch as u64;
+        let pos = (g % self.per_epoch as u64) as usize;
+        if self.order.as_ref().map(|(e, _)| *e) != Some(epoch) {
+            self.order = Some((epoch, data::epoch_order(self.train.len(), self.shuffle, self.seed, epoch)));
+        }
+        let order = &self.order.as_ref().expect("order was just set").1;
+        let end = ((pos + 1) * self.batch_size).min(order.len());
+        order[pos * self.batch_size..end].iter().map(|&i| &self.train[i]).collect()
+    }
+}
+
+/// Runs (or, with `resume`, continues) the training described by `cfg`, writing to `output`.
+pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn EventSink, stop: &Interrupter) -> Result<TrainOutcome> {
+    let started = Instant::now();
+    let device = device::resolve_device(&cfg.model.device)?;
+    let dtype = device::resolve_dtype(&cfg.model.dtype, &device)?;
+    let model_dir = cfg.model.path.as_path();
+    if model_dir.as_os_str().is_empty() {
+        return Err(EngineError::config("model.path", "no model given"));
+    }
+    if cfg.data.path.as_os_str().is_empty() {
+        return Err(EngineError::config("data.path", "no dataset given"));
+    }
+    let hf = HfConfig::from_dir(model_dir)?;
+    let spec = arch::detect(&hf)?;
+    let dims = ModelDims::from_config(&hf, spec)?;
+    let tok = TextTokenizer::from_dir(model_dir)?;
+    let dataset: Dataset = data::load_dataset(&cfg.data.path, &cfg.data, &tok, cfg.train.seed)?;
+    if dataset.train.is_empty() {
+        return Err(EngineError::file(&cfg.data.path, "no usable training example (all were skipped)"));
+    }
+    log(sink, format!("data: {}", serde_json::to_string(&dataset.report).unwrap_or_default()));
+
+    let (plan, notes) = adapter_plan(cfg, spec)?;
+    for n in notes {
+        log(sink, n);
+    }
+    let weights: Arc<dyn WeightSource> = Arc::new(SafetensorsWeights::from_dir(model_dir)?);
+    let factory = LayerFactory::new(weights, dtype, device.clone(), plan);
+    let model = CausalLm::build(spec, dims, &factory)?;
+    let params: Vec<(String, Var)> = model.trainable();
+    if params.is_empty() {
+        return Err(EngineError::config(
+            "lora.targets",
+            format!("matched no linear layer; the {} family has: {}", spec.family, spec.linear_modules.join(", ")),
+        ));
+    }
+    let trainable_params: u64 = params.iter().map(|(_, v)| v.elem_count() as u64).sum();
+    let mut opt = AdamW::new(
+        params.clone(),
+        AdamWConfig {
+            beta1: cfg.train.adam_beta1,
+            beta2: cfg.train.adam_beta2,
+            eps: cfg.train.adam_eps,
+            weight_decay: cfg.train.weight_decay,
+        },
+    )?;
+
+    let bs = cfg.train.batch_size;
+    let accum = cfg.train.grad_accum as u64;
+    let per_epoch = data::batches_per_epoch(dataset.train.len(), bs);
+    let total_steps = if cfg.train.max_steps > 0 {
+        cfg.train.max_steps as u64
+    } else {
+        ((per_epoch * cfg.train.epochs) as u64).div_ceil(accum).max(1)
+    };
+    let schedule = ScheduleKind::parse(&cfg.train.scheduler)
+        .ok_or_else(|| EngineError::config("train.scheduler", "unknown schedule"))?;
+
+    std::fs::create_dir_all(output).map_err(|e| EngineError::io(output, e))?;
+    let mut state = TrainerState {
+        step: 0,
+        total_steps,
+        epoch: 0.0,
+        micro_batches: 0,
+        best_loss: f64::INFINITY,
+        last_loss: f64::NAN,
+        tokens: 0,
+        config_hash: cfg.result_hash(),
+        engine_version: env!("CARGO_PKG_VERSION").to_string(),
+        seed: cfg.train.seed,
+    };
+    if resume {
+        if let Some(&step) = checkpoint::list_checkpoints(output).last() {
+            let ckpt = LoadedCheckpoint::read(&checkpoint::checkpoint_dir(output, step), cfg.method.kind)?;
+            ckpt.restore(&params, &mut opt)?;
+            state = TrainerState { total_steps, ..ckpt.state.clone() };
+            log(sink, format!("resumed from {}", ckpt.dir.display()));
+        } else {
+            log(sink, "no checkpoint to resume from; starting from step 0");
+        }
+    }
+    fsutil::write_atomic(&output.join("train_config.toml"), cfg.to_toml().as_bytes())?;
+
+    sink.emit(&TrainEvent::Started {
+        total_steps,
+        start_step: state.step,
+        epochs: total_steps as f64 * accum as f64 / per_epoch as f64,
+        train_examples: dataset.train.len() as u64,
+        eval_examples: dataset.eval.len() as u64,
+        trainable_params,
+        total_params: model.dims.parameter_count() as u64,
+        method: format!("{:?}", cfg.method.kind).to_lowercase(),
+        family: spec.family.to_string(),
+        device: device::describe(&device),
+        dtype: format!("{dtype:?}").to_lowercase(),
+        output_dir: output.display().to_string(),
+    });
+
+    let mut cursor = DataCursor { train: &dataset.train, batch_size: bs, per_epoch, shuffle: cfg.data.shuffle, seed: cfg.train.seed, order: None };
+    let checkpointing = cfg.grad_checkpointing();
+    let pad = tok.pad_id();
+    let loop_start = Instant::now();
+    let first_step = state.step;
+    let mut last_checkpoint_step = None;
+    let mut eval_loss = None;
+
+    while state.step < total_steps {
+        if let Some(req) = stop.requested() {
+            return stop_early(req, output, &model, &params, &opt, &state, cfg, last_checkpoint_step, sink);
+        }
+        let step_start = Instant::now();
+        let batches: Vec<Batch> = (0..accum)
+            .map(|k| Batch::collate(&cursor.micro_batch(state.micro_batches + k), pad))
+            .collect();
+        let n_total: usize = batches.iter().map(|b| next_token_targets(&b.labels, b.batch, b.seq_len).0.len()).sum();
+        let tokens: u64 = batches.iter().map(|b| b.lengths.iter().sum::<usize>() as u64).sum();
+        let mut acc = GradAccumulator::new(params.len());
+        let mut loss_sum: Option<Tensor> = None;
+        for (k, b) in batches.iter().enumerate() {
+            let ctx = ForwardCtx { train: true, seed: cfg.train.seed, pass: state.micro_batches + k as u64 };
+            let mb = MicroBatch { ids: &b.input_ids, labels: &b.labels, batch: b.batch, seq: b.seq_len };
+            let (sum, _) = accumulate(&model, &params, &mb, 1.0 / n_total.max(1) as f64, &ctx, checkpointing, &mut acc)?;
+            loss_sum = Some(match loss_sum {
+                Some(s) => (s + sum.to_dtype(DType::F32)?)?,
+                None => sum.to_dtype(DType::F32)?,
+            });
+        }
+        let grads = acc.finish(&params)?;
+        let (norm, grads) = clip_grad_norm(&grads, cfg.train.max_grad_norm)?;
+        let lr = lr_at(schedule, cfg.train.lr, state.step as usize, cfg.train.warmup_steps, total_steps as usize);
+        opt.step(&grads, lr)?;
+        drop(grads);
+
+        // The one host synchronisation of the step: the metrics we report.
+        let loss = match &loss_sum {
+            Some(s) => s.to_scalar::<f32>()? as f64 / n_total.max(1) as f64,
+            None => f64::NAN,
+        };
+        let grad_norm = norm.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+        state.step += 1;
+        state.micro_batches += accum;
+        state.tokens += tokens;
+        state.epoch = state.micro_batches as f64 / per_epoch as f64;
+        state.last_loss = loss;
+        if loss < state.best_loss {
+            state.best_loss = loss;
+        }
+        let elapsed = loop_start.elapsed().as_secs_f64();
+        let done = (state.step - first_step) as f64;
+        let (rss, peak) = device::process_memory();
+        sink.emit(&TrainEvent::Step {
+            step: state.step,
+            total_steps,
+            epoch: state.epoch,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            tokens_per_s: tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9),
+            elapsed_s: started.elapsed().as_secs_f64(),
+            eta_s: elapsed / done * (total_steps - state.step) as f64,
+            mem: MemoryStats {
+                base_bytes: model.base_bytes() as u64,
+                trainable_bytes: params.iter().map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum(),
+                optimizer_bytes: opt.state_bytes() as u64,
+                process_rss_bytes: rss,
+                process_peak_bytes: peak,
+                device_used_bytes: None,
+            },
+        });
+
+        let every_eval = cfg.train.eval_every_steps as u64;
+        if every_eval > 0 && state.step % every_eval == 0 && state.step < total_steps && !dataset.eval.is_empty() {
+            let r = evaluate(&model, &dataset.eval, bs, pad)?;
+            sink.emit(&TrainEvent::Eval { step: state.step, eval_loss: r.loss, perplexity: r.perplexity, tokens: r.tokens });
+            eval_loss = Some(r.loss);
+        }
+        let every_ckpt = cfg.checkpoint.every_steps as u64;
+        if every_ckpt > 0 && state.step % every_ckpt == 0 {
+            let dir = checkpoint::write_checkpoint(output, &model, &params, &opt, &state, cfg)?;
+            last_checkpoint_step = Some(state.step);
+            sink.emit(&TrainEvent::Checkpoint { step: state.step, path: dir.display().to_string() });
+        }
+    }
+
+    if !dataset.eval.is_empty() {
+        let r = evaluate(&model, &dataset.eval, bs, pad)?;
+        sink.emit(&TrainEvent::Eval { step: state.step, eval_loss: r.loss, perplexity: r.perplexity, tokens: r.tokens });
+        eval_loss = Some(r.loss);
+    }
+    match cfg.method.kind {
+        MethodKind::Full => export::write_hf_folder(&model, model_dir, output)?,
+        _ => peft::write_adapter(output, &model, &cfg.lora, &model_dir.to_string_lossy())?,
+    }
+    fsutil::write_json(&output.join(checkpoint::STATE_FILE), &state)?;
+    sink.emit(&TrainEvent::Finished {
+        step: state.step,
+        final_loss: state.last_loss,
+        best_loss: state.best_loss,
+        eval_loss,
+        output_dir: output.display().to_string(),
+        elapsed_s: started.elapsed().as_secs_f64(),
+        tokens: state.tokens,
+        status: "completed".into(),
+    });
+    Ok(TrainOutcome { status: TrainStatus::Completed, step: state.step, final_loss: state.last_loss, best_loss: state.best_loss, eval_loss })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stop_early(
+    req: StopRequest,
+    output: &Path,
+    model: &CausalLm,
+    params: &[(String, Var)],
+    opt: &AdamW,
+    state: &TrainerState,
+    cfg: &TrainConfig,
+    last_checkpoint_step: Option<u64>,
+    sink: &mut dyn EventSink,
+) -> Result<TrainOutcome> {
+    let status = match req {
+        StopRequest::Pause => {
+            if state.step > 0 && last_checkpoint_step != Some(state.step) {
+                let dir = checkpoint::write_checkpoint(output, model, params, opt, state, cfg)?;
+                sink.emit(&TrainEvent::Checkpoint { step: state.step, path: dir.display().to_string() });
+            }
+            TrainStatus::Paused
+        }
+        StopRequest::Cancel => TrainStatus::Cancelled,
+    };
+    let label = if status == TrainStatus::Paused { "paused" } else { "cancelled" };
+    sink.emit(&TrainEvent::Finished {
+        step: state.step,
+        final_loss: state.last_loss,
+        best_loss: state.best_loss,
+        eval_loss: None,
+        output_dir: output.display().to_string(),
+        elapsed_s: 0.0,
+        tokens: state.tokens,
+        status: label.into(),
+    });
+    Ok(TrainOutcome { status, step: state.step, final_loss: state.last_loss, best_loss: state.best_loss, eval_loss: None })
+}

@@ -1,0 +1,180 @@
+//! The training loop against PEFT's optimizer trajectories, plus invariants that need no
+//! reference: checkpointing and accumulation do not change the result, B = 0 is the base model,
+//! merged equals unmerged, and a small model overfits a few sequences.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use finetune_engine::config::{MethodKind, TrainConfig};
+use finetune_engine::layers::AdapterPlan;
+use finetune_engine::model::load_causal_lm;
+use finetune_engine::peft::PeftAdapter;
+use finetune_engine::train::{Interrupter, TrainEvent, VecSink, train};
+use std::path::Path;
+
+/// Writes the reference batch as a `tokens` dataset.
+fn reference_dataset(family: &str, dir: &Path) -> std::path::PathBuf {
+    let r = reference(family);
+    let (b, t) = r["input_ids"].dims2().unwrap();
+    let ids = ids(&r["input_ids"]);
+    let labels = labels(&r["labels"]);
+    let mut text = String::new();
+    for row in 0..b {
+        let line = serde_json::json!({
+            "input_ids": &ids[row * t..(row + 1) * t],
+            "labels": &labels[row * t..(row + 1) * t],
+        });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    let p = dir.join("batch.jsonl");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn config(family: &str, data: &Path, extra: &[&str]) -> TrainConfig {
+    let mut sets: Vec<String> = vec![
+        format!("model.path=\"{}\"", model_dir(family).display()),
+        format!("data.path=\"{}\"", data.display()),
+        "data.format=\"tokens\"".into(),
+        "data.shuffle=false".into(),
+        "train.lr=1e-3".into(),
+        "train.scheduler=\"constant\"".into(),
+        "train.batch_size=2".into(),
+        "train.weight_decay=0.01".into(),
+        "train.max_grad_norm=0.0".into(),
+        "lora.dropout=0.0".into(),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    TrainConfig::default().with_overrides(&sets).unwrap()
+}
+
+fn run(cfg: &TrainConfig, out: &Path) -> Vec<TrainEvent> {
+    let mut sink = VecSink::default();
+    train(cfg, out, false, &mut sink, &Interrupter::new()).unwrap();
+    sink.0
+}
+
+fn step_losses(events: &[TrainEvent]) -> Vec<f64> {
+    events.iter().filter_map(|e| if let TrainEvent::Step { loss, .. } = e { Some(*loss) } else { None }).collect()
+}
+
+fn assert_trajectory(ours: &[f64], theirs: &Tensor, what: &str) {
+    let theirs = theirs.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+    assert_eq!(ours.len(), theirs.len(), "{what}: number of steps");
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{what}: step {i} loss {a} vs PEFT {b}\nours {ours:?}\ntheirs {theirs:?}");
+    }
+}
+
+#[test]
+fn lora_ten_adamw_steps_match_peft_trajectory_and_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = reference_dataset("llama", tmp.path());
+    let init = format!("lora.init_from=\"{}\"", adapter_dir("llama").display());
+    let cfg = config("llama", &data, &["train.max_steps=10", &init]);
+    let events = run(&cfg, &tmp.path().join("out"));
+    let r = reference("llama");
+    assert_trajectory(&step_losses(&events), &r["train_losses"], "llama LoRA");
+    // The adapter we wrote holds PEFT's weights after the same 10 steps.
+    let ours = candle_core::safetensors::load(tmp.path().join("out/adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let mut compared = 0;
+    for (name, t) in &ours {
+        let d = rel_diff(t, &r[&format!("trained.{name}")]);
+        assert!(d < 1e-4, "{name} differs from PEFT's trained weight by {d}");
+        compared += 1;
+    }
+    assert_eq!(compared, 28);
+}
+
+#[test]
+fn full_fine_tuning_matches_torch_trajectory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = reference_dataset("llama", tmp.path());
+    let cfg = config("llama", &data, &["train.max_steps=5", "method.kind=\"full\""]);
+    let out = tmp.path().join("out");
+    let events = run(&cfg, &out);
+    assert_trajectory(&step_losses(&events), &reference("llama")["full_train_losses"], "llama full");
+    // Full fine-tuning writes a loadable Hugging Face folder.
+    let m = load_causal_lm(&out, AdapterPlan::frozen(), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(m.dims.layers, 2);
+}
+
+#[test]
+fn checkpointing_and_accumulation_do_not_change_the_trajectory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = reference_dataset("qwen2", tmp.path());
+    let base = ["train.max_steps=4", "lora.targets=\"all-linear\"", "lora.dropout=0.1"];
+    let plain = step_losses(&run(&config("qwen2", &data, &base), &tmp.path().join("a")));
+    let mut with_ckpt = base.to_vec();
+    with_ckpt.push("train.grad_checkpointing=true");
+    let ckpt = step_losses(&run(&config("qwen2", &data, &with_ckpt), &tmp.path().join("b")));
+    // Dropout masks are drawn per micro-batch, so accumulation is compared without dropout.
+    let no_dropout = ["train.max_steps=4", "lora.targets=\"all-linear\""];
+    let whole = step_losses(&run(&config("qwen2", &data, &no_dropout), &tmp.path().join("c")));
+    let mut with_accum = no_dropout.to_vec();
+    with_accum.extend(["train.batch_size=1", "train.grad_accum=2"]);
+    let accum = step_losses(&run(&config("qwen2", &data, &with_accum), &tmp.path().join("d")));
+    assert_eq!(plain.len(), 4);
+    for i in 0..4 {
+        assert!((plain[i] - ckpt[i]).abs() < 1e-5, "checkpointing changed step {i}: {plain:?} vs {ckpt:?}");
+        assert!((whole[i] - accum[i]).abs() < 1e-5, "accumulation changed step {i}: {whole:?} vs {accum:?}");
+    }
+    assert!(plain[3] < plain[0], "loss should fall: {plain:?}");
+}
+
+#[test]
+fn fresh_lora_equals_base_and_merged_equals_unmerged() {
+    let r = reference("llama");
+    let input = ids(&r["input_ids"]);
+    let (b, t) = r["input_ids"].dims2().unwrap();
+    // B = 0 at initialisation: the adapted model computes the base model's logits exactly.
+    let mut plan = AdapterPlan::frozen();
+    plan.r = 8;
+    plan.alpha = 16.0;
+    plan.targets = finetune_engine::layers::TargetSet::AllLinear;
+    let fresh = load_causal_lm(&model_dir("llama"), plan, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(fresh.adapted.len(), 14);
+    let d = rel_diff(&fresh.forward_logits(&input, b, t).unwrap(), &r["logits"]);
+    assert!(d < 1e-6, "fresh adapter changed the logits by {d}");
+
+    // Merging the PEFT fixture adapter gives the adapted logits without an adapter.
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = PeftAdapter::read(&adapter_dir("llama")).unwrap();
+    let adapted = load_causal_lm(&model_dir("llama"), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu).unwrap();
+    finetune_engine::export::write_hf_folder(&adapted, &model_dir("llama"), tmp.path()).unwrap();
+    let merged = load_causal_lm(tmp.path(), AdapterPlan::frozen(), DType::F32, &Device::Cpu).unwrap();
+    let d = rel_diff(&merged.forward_logits(&input, b, t).unwrap(), &r["lora_logits"]);
+    assert!(d < 1e-4, "merged logits differ from PEFT's adapted logits by {d}");
+}
+
+#[test]
+fn written_adapter_reads_back_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = PeftAdapter::read(&adapter_dir("mistral")).unwrap();
+    let m = load_causal_lm(&model_dir("mistral"), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu).unwrap();
+    let lora = finetune_engine::config::LoraSection { r: 4, alpha: 8.0, ..Default::default() };
+    finetune_engine::peft::write_adapter(tmp.path(), &m, &lora, "fixtures/models/mistral").unwrap();
+    let again = PeftAdapter::read(tmp.path()).unwrap();
+    assert_eq!(again.modules, adapter.modules);
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["target_modules"].as_array().map(|a| a.len()), Some(7));
+    assert_eq!(cfg["r"], 4);
+    let m2 = load_causal_lm(&model_dir("mistral"), again.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu).unwrap();
+    let r = reference("mistral");
+    let (b, t) = r["input_ids"].dims2().unwrap();
+    let d = rel_diff(&m2.forward_logits(&ids(&r["input_ids"]), b, t).unwrap(), &r["lora_logits"]);
+    assert!(d < 1e-4, "{d}");
+}
+
+#[test]
+fn small_model_overfits_a_few_sequences() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = reference_dataset("llama", tmp.path());
+    let cfg = config("llama", &data, &["train.max_steps=60", "train.lr=1e-2", "lora.r=8", "lora.targets=\"all-linear\""]);
+    let losses = step_losses(&run(&cfg, &tmp.path().join("out")));
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    assert!(last < 0.1 * first, "loss went from {first} to {last}");
+}
