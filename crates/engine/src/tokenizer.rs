@@ -78,9 +78,8 @@ fn template_text(v: Option<&Json>) -> Option<String> {
     match v? {
         Json::String(s) => Some(s.clone()),
         Json::Array(items) => {
-            let named = |name: &str| {
-                items.iter().find(|t| t.get("name").and_then(Json::as_str) == Some(name))
-            };
+            let named =
+                |name: &str| items.iter().find(|t| t.get("name").and_then(Json::as_str) == Some(name));
             named("default")
                 .or_else(|| items.first())
                 .and_then(|t| t.get("template")?.as_str().map(str::to_string))
@@ -125,18 +124,23 @@ impl TextTokenizer {
         out.pad = out.special(&cfg_path, "pad_token", field("pad_token"), false)?;
         out.unk = out.special(&cfg_path, "unk_token", field("unk_token"), false)?;
 
-        if out.bos.is_none() && cfg.get("bos_token").is_none() || out.eos.is_none() && cfg.get("eos_token").is_none() {
+        // A key the config leaves out (not one set to null) falls back to config.json's id.
+        let unset = |key: &str| cfg.get(key).is_none();
+        if unset("bos_token") || unset("eos_token") {
             let model_cfg = read_json(&model_dir.join("config.json")).ok().flatten().unwrap_or(Json::Null);
-            let id_of = |key: &str| match model_cfg.get(key) {
-                Some(Json::Number(n)) => n.as_u64(),
-                Some(Json::Array(a)) => a.first().and_then(Json::as_u64),
-                _ => None,
+            let by_id = |key: &str| {
+                let id = match model_cfg.get(key)? {
+                    Json::Array(a) => a.first()?.as_u64()?,
+                    v => v.as_u64()?,
+                };
+                out.special_by_id(u32::try_from(id).ok()?)
             };
-            if out.bos.is_none() && cfg.get("bos_token").is_none() {
-                out.bos = id_of("bos_token_id").and_then(|id| out.special_by_id(id as u32));
+            let (bos, eos) = (by_id("bos_token_id"), by_id("eos_token_id"));
+            if unset("bos_token") {
+                out.bos = bos;
             }
-            if out.eos.is_none() && cfg.get("eos_token").is_none() {
-                out.eos = id_of("eos_token_id").and_then(|id| out.special_by_id(id as u32));
+            if unset("eos_token") {
+                out.eos = eos;
             }
         }
         Ok(out)
@@ -178,7 +182,13 @@ impl TextTokenizer {
         }
     }
 
-    fn special(&self, path: &Path, key: &str, text: Option<String>, required: bool) -> Result<Option<SpecialToken>> {
+    fn special(
+        &self,
+        path: &Path,
+        key: &str,
+        text: Option<String>,
+        required: bool,
+    ) -> Result<Option<SpecialToken>> {
         let Some(text) = text else { return Ok(None) };
         match self.tokenizer.token_to_id(&text) {
             Some(id) => Ok(Some(SpecialToken { text, id })),
@@ -211,16 +221,11 @@ impl TextTokenizer {
             .tokenizer
             .encode(text, add_special_tokens)
             .map_err(|e| self.err(format!("cannot encode text: {e}")))?;
-        Ok(Encoded {
-            ids: enc.get_ids().to_vec(),
-            offsets: enc.get_offsets().to_vec(),
-        })
+        Ok(Encoded { ids: enc.get_ids().to_vec(), offsets: enc.get_offsets().to_vec() })
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.tokenizer
-            .decode(ids, skip_special)
-            .map_err(|e| self.err(format!("cannot decode ids: {e}")))
+        self.tokenizer.decode(ids, skip_special).map_err(|e| self.err(format!("cannot decode ids: {e}")))
     }
 
     /// The text each token adds when decoding `ids` in order (pieces concatenate to
@@ -297,9 +302,7 @@ impl TextTokenizer {
             pad: self.pad.as_ref().map(|t| t.text.clone()),
             unk: self.unk.as_ref().map(|t| t.text.clone()),
         };
-        template
-            .render(messages, add_generation_prompt, &tokens)
-            .map_err(|m| self.err(m))
+        template.render(messages, add_generation_prompt, &tokens).map_err(|m| self.err(m))
     }
 
     fn err(&self, message: impl Into<String>) -> EngineError {
@@ -406,7 +409,11 @@ mod tests {
 
         std::fs::write(dir.path().join("chat_template.jinja"), "J{{ messages[0].content }}\n").unwrap();
         let tok = TextTokenizer::from_dir(dir.path()).unwrap();
-        assert_eq!(tok.render_chat(&msgs, false).unwrap(), "Jhi", "jinja file wins; trailing newline dropped");
+        assert_eq!(
+            tok.render_chat(&msgs, false).unwrap(),
+            "Jhi",
+            "jinja file wins; trailing newline dropped"
+        );
     }
 
     #[test]
@@ -414,6 +421,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = TextTokenizer::from_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("tokenizer.json"), "{err}");
+
+        // Only tokenizer.json: special ids come from config.json.
+        std::fs::copy(fixtures().join("models/llama/tokenizer.json"), dir.path().join("tokenizer.json"))
+            .unwrap();
+        std::fs::write(dir.path().join("config.json"), r#"{"bos_token_id": 1, "eos_token_id": [2, 0]}"#)
+            .unwrap();
+        let tok = TextTokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!((tok.bos_id(), tok.eos_id(), tok.pad_id()), (Some(1), Some(2), 2));
+        assert!(!tok.has_chat_template());
 
         let json = std::fs::read(fixtures().join("models/llama/tokenizer.json")).unwrap();
         let tok = TextTokenizer::from_parts(&json, None, None, Some("<|im_end|>")).unwrap();

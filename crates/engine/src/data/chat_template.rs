@@ -21,10 +21,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self {
-            role: role.into(),
-            content: content.into(),
-        }
+        Self { role: role.into(), content: content.into() }
     }
 }
 
@@ -77,10 +74,7 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tokens: &TemplateTokens,
     ) -> std::result::Result<String, String> {
-        let env = self
-            .env
-            .as_ref()
-            .map_err(|e| format!("chat template does not compile: {e}"))?;
+        let env = self.env.as_ref().map_err(|e| format!("chat template does not compile: {e}"))?;
         let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
         ctx.insert("messages".into(), Value::from(Serde(messages)));
         ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
@@ -171,10 +165,7 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
     let (item_sep, key_sep) = match separators {
         Some(s) if s.len() == 2 => (s[0].clone(), s[1].clone()),
         Some(_) => {
-            return Err(Error::new(
-                ErrorKind::InvalidOperation,
-                "tojson separators must be a pair",
-            ));
+            return Err(Error::new(ErrorKind::InvalidOperation, "tojson separators must be a pair"));
         }
         None if indent.is_some() => (",".into(), ": ".into()),
         None => (", ".into(), ": ".into()),
@@ -327,12 +318,20 @@ fn now_unix() -> i64 {
 /// `strftime` for the directives chat templates use (dates for system prompts), in UTC.
 pub(crate) fn strftime_utc(fmt: &str, unix: i64) -> String {
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
-    const DAYS: [&str; 7] = [
-        "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday",
-    ];
+    const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);
     let (h, mi, s) = (secs / 3600, secs / 60 % 60, secs % 60);
@@ -418,10 +417,7 @@ mod tests {
     #[test]
     fn undefined_special_tokens_render_empty_and_tools_is_none() {
         let src = "{{ bos_token }}|{{ eos_token }}|{% if tools is none %}no tools{% endif %}";
-        let toks = TemplateTokens {
-            eos: Some("</s>".into()),
-            ..Default::default()
-        };
+        let toks = TemplateTokens { eos: Some("</s>".into()), ..Default::default() };
         let out = ChatTemplate::new(src).render(&[], false, &toks).unwrap();
         assert_eq!(out, "|</s>|no tools");
     }
