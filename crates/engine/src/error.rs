@@ -9,12 +9,8 @@ pub enum EngineError {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
 
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 
     #[error("{path}: tensor `{tensor}`: {message}")]
     Tensor {
@@ -39,8 +35,8 @@ pub enum EngineError {
     #[error("training interrupted")]
     Interrupted,
 
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    #[error("{0}")]
+    Candle(candle_core::Error),
 
     #[error("{0}")]
     Other(String),
@@ -55,10 +51,7 @@ impl EngineError {
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.into(),
-            source,
-        }
+        Self::Io { path: path.into(), error: source }
     }
 
     pub fn tensor(
@@ -86,6 +79,17 @@ impl EngineError {
             line,
             message: message.into(),
         }
+    }
+}
+
+impl From<candle_core::Error> for EngineError {
+    /// Drops candle's captured backtrace: users see the message, not our call stack.
+    fn from(e: candle_core::Error) -> Self {
+        let mut e = e;
+        while let candle_core::Error::WithBacktrace { inner, .. } = e {
+            e = *inner;
+        }
+        Self::Candle(e)
     }
 }
 

@@ -35,7 +35,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let m = model::load_causal_lm(&a.model, plan, dtype, &dev)?;
     let tok = TextTokenizer::from_dir(&a.model)?;
-    let ds = data::load_dataset(&a.data, &cfg.data, &tok, cfg.train.seed)?;
+    let (data_cfg, note) = cfg.data_for_context(m.dims.max_positions);
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    let ds = data::load_dataset(&a.data, &data_cfg, &tok, cfg.train.seed)?;
     let r = eval::evaluate(&m, &ds.train, cfg.train.batch_size, tok.pad_id())?;
     if a.json {
         println!("{}", serde_json::json!({"loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens}));

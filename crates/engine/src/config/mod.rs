@@ -261,6 +261,18 @@ impl TrainConfig {
         self.train.grad_checkpointing.unwrap_or(self.method.kind == MethodKind::Qlora)
     }
 
+    /// The data settings with `max_len` capped at the model's context length, and a note when
+    /// the cap applied.
+    pub fn data_for_context(&self, max_positions: usize) -> (DataSection, Option<String>) {
+        let mut data = self.data.clone();
+        if data.max_len > max_positions {
+            let note = format!("data.max_len {} exceeds the model's context of {max_positions} tokens; using {max_positions}", data.max_len);
+            data.max_len = max_positions;
+            return (data, Some(note));
+        }
+        (data, None)
+    }
+
     /// A stable hash of every setting that changes the result of training.
     pub fn result_hash(&self) -> String {
         use sha2::{Digest, Sha256};

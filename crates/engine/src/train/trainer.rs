@@ -86,7 +86,11 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
     let spec = arch::detect(&hf)?;
     let dims = ModelDims::from_config(&hf, spec)?;
     let tok = TextTokenizer::from_dir(model_dir)?;
-    let dataset: Dataset = data::load_dataset(&cfg.data.path, &cfg.data, &tok, cfg.train.seed)?;
+    let (data_cfg, note) = cfg.data_for_context(dims.max_positions);
+    if let Some(note) = note {
+        log(sink, note);
+    }
+    let dataset: Dataset = data::load_dataset(&cfg.data.path, &data_cfg, &tok, cfg.train.seed)?;
     if dataset.train.is_empty() {
         return Err(EngineError::file(&cfg.data.path, "no usable training example (all were skipped)"));
     }
