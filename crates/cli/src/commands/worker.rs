@@ -2,8 +2,10 @@
 //! NDJSON on stdout (one `TrainEvent` per line, flushed), writes everything else to stderr, and
 //! stops on signals: SIGUSR1 or SIGINT pause (finish the step, checkpoint, exit 0), SIGTERM
 //! cancels (exit 130). With `--stop-on-stdin-eof` it also pauses when its stdin closes, which is
-//! how it notices that the studio that started it has gone. Exit status: 0 completed or paused,
-//! 130 cancelled, 1 failed (after a `{"event":"failed","error":...}` line).
+//! how it notices that the studio that started it has gone. With `--events-file` every event is
+//! also appended to that file, so a studio that crashed can recover the steps it never read.
+//! Exit status: 0 completed or paused, 130 cancelled, 1 failed (after a
+//! `{"event":"failed","error":...}` line).
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
@@ -27,6 +29,9 @@ pub struct Args {
     /// Pause (checkpoint and exit) when stdin reaches end of file.
     #[arg(long)]
     stop_on_stdin_eof: bool,
+    /// Also append every event (NDJSON) to this file.
+    #[arg(long)]
+    events_file: Option<PathBuf>,
 }
 
 fn load(path: &Path) -> anyhow::Result<TrainConfig> {
@@ -41,17 +46,31 @@ fn load(path: &Path) -> anyhow::Result<TrainConfig> {
     }
 }
 
-/// One event per line; a closed stdout means the studio is gone, so the run pauses.
-fn emit(event: &TrainEvent, stop: &Interrupter, broken: &mut bool) {
-    if *broken {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    let ok =
-        serde_json::to_writer(&mut out, event).is_ok() && out.write_all(b"\n").is_ok() && out.flush().is_ok();
-    if !ok {
-        *broken = true;
-        stop.request(StopRequest::Pause);
+/// Where events go: stdout, and the events file when there is one.
+struct Outputs {
+    file: Option<std::fs::File>,
+    stdout_broken: bool,
+}
+
+impl Outputs {
+    /// One event per line; a closed stdout means the studio is gone, so the run pauses.
+    fn emit(&mut self, event: &TrainEvent, stop: &Interrupter) {
+        let Ok(mut line) = serde_json::to_vec(event) else { return };
+        line.push(b'\n');
+        if let Some(f) = &mut self.file {
+            // One write per line: a line is whole in the file even if the studio dies.
+            if f.write_all(&line).is_err() {
+                self.file = None;
+            }
+        }
+        if self.stdout_broken {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if out.write_all(&line).and_then(|_| out.flush()).is_err() {
+            self.stdout_broken = true;
+            stop.request(StopRequest::Pause);
+        }
     }
 }
 
@@ -81,8 +100,18 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             stop.request(StopRequest::Pause);
         })?;
     }
-    let mut broken = false;
-    let mut sink = |e: &TrainEvent| emit(e, &stop, &mut broken);
+    let file = match &a.events_file {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("{}: cannot open the events file", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut outputs = Outputs { file, stdout_broken: false };
+    let mut sink = |e: &TrainEvent| outputs.emit(e, &stop);
     match train(&cfg, &a.output, a.resume, &mut sink, &stop) {
         Ok(outcome) => Ok(match outcome.status {
             TrainStatus::Completed | TrainStatus::Paused => ExitCode::SUCCESS,

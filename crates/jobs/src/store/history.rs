@@ -60,6 +60,14 @@ impl Store {
         Ok(rows)
     }
 
+    /// The newest step with a metric point (0 when none).
+    pub fn max_metric_step(&self, job_id: &str) -> Result<u64> {
+        let n: Option<i64> =
+            self.lock()
+                .query_row("SELECT MAX(step) FROM metrics WHERE job_id = ?1", [job_id], |r| r.get(0))?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
     pub fn metric_count(&self, job_id: &str) -> Result<u64> {
         let n: i64 =
             self.lock()

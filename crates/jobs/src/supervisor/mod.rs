@@ -59,6 +59,9 @@ impl SupervisorConfig {
     }
 }
 
+/// The file in a job's folder where its workers also append their events.
+pub const EVENTS_FILE: &str = "events.jsonl";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StopKind {
     Pause,

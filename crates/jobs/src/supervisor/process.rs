@@ -1,5 +1,6 @@
 //! One attempt of a job: start `finetune-studio worker --config <job>/config.json --output
-//! <job>/output --stop-on-stdin-eof [--resume]` in its own process group, feed its stdout
+//! <job>/output --stop-on-stdin-eof --events-file <job>/events.jsonl [--resume]` in its own
+//! process group, feed its stdout
 //! (NDJSON engine events) and stderr (captured into the job log) to the writer, wait for it, and
 //! turn how it ended into the job's next status.
 
@@ -40,7 +41,9 @@ pub(super) async fn launch(sup: &Supervisor, job: &Job) -> Result<()> {
         .arg(&config_path)
         .arg("--output")
         .arg(&job.output_dir)
-        .arg("--stop-on-stdin-eof");
+        .arg("--stop-on-stdin-eof")
+        .arg("--events-file")
+        .arg(job_dir.join(super::EVENTS_FILE));
     if resume {
         cmd.arg("--resume");
     }
