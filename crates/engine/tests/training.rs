@@ -137,7 +137,7 @@ fn fresh_lora_equals_base_and_merged_equals_unmerged() {
     let fresh = load_causal_lm(&model_dir("llama"), plan, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(fresh.adapted.len(), 14);
     let d = rel_diff(&fresh.forward_logits(&input, b, t).unwrap(), &r["logits"]);
-    assert!(d < 1e-6, "fresh adapter changed the logits by {d}");
+    assert!(d < 1e-5, "fresh adapter changed the logits by {d}");
 
     // Merging the PEFT fixture adapter gives the adapted logits without an adapter.
     let tmp = tempfile::tempdir().unwrap();

@@ -59,7 +59,7 @@ pub struct LayerCache {
 
 impl LayerCache {
     pub fn len(&self) -> usize {
-        self.k.as_ref().and_then(|k| k.dim(2).ok()).unwrap_or(0)
+        self.k.as_ref().and_then(|k| k.dim(1).ok()).unwrap_or(0)
     }
 }
 
@@ -128,7 +128,8 @@ impl Attention {
                 (y.narrow(2, 0, nh * hd)?, y.narrow(2, nh * hd, nkv * hd)?, y.narrow(2, (nh + nkv) * hd, nkv * hd)?)
             }
         };
-        let heads = |y: Tensor, n: usize| y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous();
+        // [b, t, heads, head_dim]: the layout rope and attention work in, no transposed copies.
+        let heads = |y: Tensor, n: usize| y.contiguous()?.reshape((b, t, n, hd));
         let (mut q, mut k, mut v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         if let Some(rope) = rope {
@@ -137,8 +138,8 @@ impl Attention {
         }
         if let Some(cache) = cache {
             if let (Some(pk), Some(pv)) = (&cache.k, &cache.v) {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
+                k = Tensor::cat(&[pk, &k], 1)?;
+                v = Tensor::cat(&[pv, &v], 1)?;
             }
             cache.k = Some(k.clone());
             cache.v = Some(v.clone());
@@ -146,7 +147,7 @@ impl Attention {
         let mut mask = AttentionMask::causal(1.0 / (hd as f64).sqrt());
         mask.sliding_window = self.window;
         let y = ops::attention(&q, &k, &v, &mask)?;
-        let y = y.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * hd))?;
+        let y = y.reshape((b, t, nh * hd))?;
         self.o.forward(&y, ctx)
     }
 }
@@ -187,7 +188,13 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
         let h = match (self.kind, &self.gate) {
-            (MlpKind::Gated, Some(gate)) => (self.act.apply(&gate.forward(x, ctx)?)? * self.up.forward(x, ctx)?)?,
+            (MlpKind::Gated, Some(gate)) => {
+                let (g, u) = (gate.forward(x, ctx)?, self.up.forward(x, ctx)?);
+                match self.act.fused_gate() {
+                    Some(act) => ops::gated(&g, &u, act)?,
+                    None => (self.act.apply(&g)? * u)?,
+                }
+            }
             _ => self.act.apply(&self.up.forward(x, ctx)?)?,
         };
         self.down.forward(&h, ctx)
