@@ -26,7 +26,7 @@ const PLACEHOLDER: &str = r#"<!doctype html>
 pub fn service<S: Clone + Send + Sync + 'static>(ui_dir: Option<&Path>) -> Router<S> {
     match ui_dir.filter(|d| d.join("index.html").is_file()) {
         Some(dir) => {
-            let files = ServeDir::new(dir).not_found_service(ServeFile::new(dir.join("index.html")));
+            let files = ServeDir::new(dir).fallback(ServeFile::new(dir.join("index.html")));
             Router::new().fallback_service(files)
         }
         None => Router::new().route("/", get(|| async { Html(PLACEHOLDER) })),
