@@ -132,6 +132,21 @@ impl SafetensorsWeights {
     }
 }
 
+/// Drops the page-cache pages of a tensor we have copied out from this process's resident set,
+/// so loading a model does not count its weights twice (mapped file + our copy).
+fn release_pages(map: &Mmap, start: usize, end: usize) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let (a, b) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+        if b > a {
+            // SAFETY: the map is a read-only private file mapping; MADV_DONTNEED only drops pages,
+            // which the kernel re-reads from the file if they are touched again.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a) };
+        }
+    }
+}
+
 impl WeightSource for SafetensorsWeights {
     fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
@@ -150,7 +165,9 @@ impl WeightSource for SafetensorsWeights {
         let t = Tensor::from_raw_buffer(bytes, e.dtype, &e.shape, &Device::Cpu)
             .map_err(|err| EngineError::tensor(&self.files[e.file], name, err.to_string()))?;
         let t = if e.dtype != dtype { t.to_dtype(dtype)? } else { t };
-        Ok(t.to_device(device)?)
+        let t = t.to_device(device)?;
+        release_pages(&self.maps[e.file], e.start, e.end);
+        Ok(t)
     }
 
     fn names(&self) -> Vec<String> {

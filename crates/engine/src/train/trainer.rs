@@ -103,6 +103,7 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
     let weights: Arc<dyn WeightSource> = Arc::new(SafetensorsWeights::from_dir(model_dir)?);
     let factory = LayerFactory::new(weights, dtype, device.clone(), plan);
     let model = CausalLm::build(spec, dims, &factory)?;
+    drop(factory); // unmaps the checkpoint files
     let params: Vec<(String, Var)> = model.trainable();
     if params.is_empty() {
         return Err(EngineError::config(
