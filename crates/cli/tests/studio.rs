@@ -361,3 +361,32 @@ fn restarting_the_studio_interrupts_running_jobs_and_honours_the_restart_policy(
     assert_eq!(steps(&points), (1..=300).collect::<Vec<_>>());
     assert_eq!(done["current_step"], 300);
 }
+
+#[test]
+fn restoring_a_checkpoint_reruns_the_job_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let studio = Studio::start(dir.path());
+    let id = studio.create_job(&tiny_job(30, 10));
+    studio.wait_status(&id, "completed", LONG);
+    let (_, before) = studio.get(&studio.api(&format!("/jobs/{id}/metrics")));
+    let (status, body) = studio.post(&studio.api(&format!("/checkpoints/{id}-step-10/restore")), &json!({}));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["current_step"], 10);
+    let output = std::path::PathBuf::from(body["output_dir"].as_str().unwrap());
+    let discarded: Vec<String> = std::fs::read_dir(output.join("checkpoints-discarded"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(discarded.len(), 2, "step-20 and step-30 moved aside: {discarded:?}");
+    let done = studio.wait_status(&id, "completed", LONG);
+    assert_eq!(done["attempts"].as_array().unwrap().len(), 2);
+    let (_, after) = studio.get(&studio.api(&format!("/jobs/{id}/metrics")));
+    assert_eq!(steps(&after), (1..=30).collect::<Vec<_>>());
+    // Resuming from a checkpoint is exact: the rerun steps have the same losses.
+    for (a, b) in before["points"].as_array().unwrap().iter().zip(after["points"].as_array().unwrap()) {
+        assert_eq!(a["loss"], b["loss"], "step {}", a["step"]);
+    }
+    // A running or pending job cannot be restored; an unknown checkpoint is 404.
+    let (status, _) = studio.post(&studio.api(&format!("/checkpoints/{id}-step-7/restore")), &json!({}));
+    assert_eq!(status, 404);
+}

@@ -79,25 +79,24 @@ fn check(state: &AppState, req: &Request) -> Result<(), ApiError> {
         )));
     }
     let path = req.uri().path();
-    if path.starts_with("/api/") {
-        if let Some(token) = &state.cfg.token {
-            let given = headers
-                .get(header::AUTHORIZATION)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .or_else(|| query_token(req.uri().query()));
-            if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes())) {
-                return Err(ApiError::Unauthorized);
-            }
+    if path.starts_with("/api/")
+        && let Some(token) = &state.cfg.token
+    {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .or_else(|| query_token(req.uri().query()));
+        if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), token.as_bytes())) {
+            return Err(ApiError::Unauthorized);
         }
     }
     let changes_state = matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH | Method::DELETE);
-    if changes_state {
-        if let Some(origin) = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok()) {
-            if !origin_allowed(state, origin) {
-                return Err(ApiError::Forbidden(format!("requests from origin `{origin}` are not accepted")));
-            }
-        }
+    if changes_state
+        && let Some(origin) = headers.get(header::ORIGIN).and_then(|h| h.to_str().ok())
+        && !origin_allowed(state, origin)
+    {
+        return Err(ApiError::Forbidden(format!("requests from origin `{origin}` are not accepted")));
     }
     if matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
         let ct = headers.get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or("");

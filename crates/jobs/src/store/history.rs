@@ -46,20 +46,6 @@ impl Store {
         Ok(rows)
     }
 
-    /// Eval points after `after_step` (step, eval loss, perplexity).
-    pub fn evals(&self, job_id: &str, after_step: u64) -> Result<Vec<(u64, Option<f64>, Option<f64>)>> {
-        let conn = self.lock();
-        let mut stmt = conn.prepare_cached(
-            "SELECT step, eval_loss, perplexity FROM eval_metrics WHERE job_id = ?1 AND step > ?2 ORDER BY step",
-        )?;
-        let rows = stmt
-            .query_map(params![job_id, after_step.min(i64::MAX as u64) as i64], |r| {
-                Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(rows)
-    }
-
     /// The newest step with a metric point (0 when none).
     pub fn max_metric_step(&self, job_id: &str) -> Result<u64> {
         let n: Option<i64> =
