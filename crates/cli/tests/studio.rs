@@ -177,7 +177,7 @@ fn pause_then_resume_continues_from_the_checkpoint() {
     assert_eq!(status, 202, "{body}");
     let paused = studio.wait_status(&id, "paused", LONG);
     let at = paused["current_step"].as_u64().unwrap();
-    assert!(at >= 5 && at < 150, "{paused:#}");
+    assert!((5..150).contains(&at), "{paused:#}");
     assert_eq!(paused["attempts"][0]["outcome"], "paused");
     let (_, cks) = studio.get(&studio.api(&format!("/jobs/{id}/checkpoints")));
     assert_eq!(
