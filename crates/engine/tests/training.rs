@@ -216,3 +216,21 @@ fn greedy_generation_matches_transformers() {
     let out = finetune_engine::generate::generate(&model, &ids(&r["prompt_ids"]), &opts).unwrap();
     assert_eq!(out, ids(&r["generated_ids"]));
 }
+
+#[test]
+fn half_precision_compute_with_f32_adapters_tracks_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = reference_dataset("llama", tmp.path());
+    let init = format!("lora.init_from=\"{}\"", adapter_dir("llama").display());
+    let f32_losses = step_losses(&run(&config("llama", &data, &["train.max_steps=5", &init]), &tmp.path().join("f32")));
+    for dtype in ["bf16", "f16"] {
+        let set = format!("model.dtype=\"{dtype}\"");
+        let losses = step_losses(&run(&config("llama", &data, &["train.max_steps=5", &init, &set]), &tmp.path().join(dtype)));
+        for (a, b) in losses.iter().zip(&f32_losses) {
+            assert!((a - b).abs() < 2e-2 * b.abs(), "{dtype}: {losses:?} vs f32 {f32_losses:?}");
+        }
+        // The adapter stays f32 whatever the compute dtype.
+        let saved = candle_core::safetensors::load(tmp.path().join(dtype).join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+        assert!(saved.values().all(|t| t.dtype() == DType::F32));
+    }
+}
