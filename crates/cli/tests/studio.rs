@@ -34,6 +34,8 @@ fn a_job_runs_to_completion_with_every_step_in_sqlite() {
         assert!(job[key].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 24), "{key}: {job:#}");
     }
     assert!(job["error_message"].is_null());
+    assert_eq!(job["state"]["status"], "completed");
+    assert_eq!(job["state"]["finished_at"], job["finished_at"]);
     assert_eq!(job["config"]["train"]["max_steps"], 30);
     assert_eq!(job["attempts"][0]["outcome"], "completed");
     assert_eq!(job["attempts"][0]["exit_code"], 0);

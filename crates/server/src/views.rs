@@ -3,7 +3,9 @@
 //! `current_loss`, `best_loss`, `error_message`, ...).
 
 use finetune_jobs::time::rfc3339;
-use finetune_jobs::{Attempt, CheckpointRecord, DatasetRecord, Job, LogLine, MetricPoint, ModelRecord};
+use finetune_jobs::{
+    Attempt, CheckpointRecord, DatasetRecord, Job, JobState, LogLine, MetricPoint, ModelRecord,
+};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -112,11 +114,43 @@ impl From<&Attempt> for AttemptView {
     }
 }
 
+/// The status with what belongs to it, e.g. `{"status": "running", "attempt": 2, "pid": 4242,
+/// "started_at": ...}` or `{"status": "failed", "finished_at": ..., "error": ...}`.
+pub fn state_json(state: &JobState) -> Value {
+    use serde_json::json;
+    match state {
+        JobState::Pending { queued_at, resume } => {
+            json!({"status": "pending", "queued_at": rfc3339(*queued_at), "resume": resume})
+        }
+        JobState::Running { started_at, attempt, pid } => {
+            json!({"status": "running", "started_at": rfc3339(*started_at), "attempt": attempt, "pid": pid})
+        }
+        JobState::Paused { at_step, paused_at } => {
+            json!({"status": "paused", "at_step": at_step, "paused_at": rfc3339(*paused_at)})
+        }
+        JobState::Completed { finished_at } => {
+            json!({"status": "completed", "finished_at": rfc3339(*finished_at)})
+        }
+        JobState::Failed { finished_at, error } => {
+            json!({"status": "failed", "finished_at": rfc3339(*finished_at), "error": error})
+        }
+        JobState::Cancelled { finished_at } => {
+            json!({"status": "cancelled", "finished_at": rfc3339(*finished_at)})
+        }
+        JobState::Interrupted { at, reason } => {
+            json!({"status": "interrupted", "at": rfc3339(*at), "reason": reason})
+        }
+    }
+}
+
 /// A job with its config and attempts.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobDetail {
     #[serde(flatten)]
     pub job: JobView,
+    /// The status with its own data (see [`state_json`]).
+    #[schema(value_type = Object)]
+    pub state: Value,
     /// The training config (sections model, method, lora, quant, data, train, checkpoint).
     #[schema(value_type = Object)]
     pub config: Value,

@@ -247,6 +247,44 @@ async fn jobs_can_name_their_model_and_dataset_by_id() {
 }
 
 #[tokio::test]
+async fn the_openapi_document_lists_every_endpoint_of_the_story() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = app(start_state(config(dir.path())).await.unwrap());
+    let (status, doc) = json_call(&router, "GET", "/api/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let story = [
+        ("post", "/jobs"),
+        ("get", "/jobs"),
+        ("get", "/jobs/{id}"),
+        ("put", "/jobs/{id}/cancel"),
+        ("delete", "/jobs/{id}"),
+        ("get", "/models"),
+        ("post", "/models/validate"),
+        ("get", "/configs/templates"),
+        ("post", "/configs/validate"),
+        ("get", "/jobs/{id}/logs"),
+        ("get", "/jobs/{id}/metrics"),
+        ("get", "/jobs/{id}/progress"),
+        ("post", "/jobs/{id}/pause"),
+        ("post", "/jobs/{id}/resume"),
+        ("get", "/jobs/{id}/checkpoints"),
+        ("get", "/checkpoints/{checkpoint_id}"),
+        ("post", "/checkpoints/{checkpoint_id}/restore"),
+        ("post", "/checkpoints/{checkpoint_id}/deploy"),
+        ("post", "/datasets"),
+        ("get", "/datasets"),
+        ("get", "/datasets/{id}"),
+        ("post", "/datasets/{id}/validate"),
+        ("get", "/jobs/{id}/events"),
+    ];
+    for (method, path) in story {
+        let full = format!("{API}{path}");
+        assert!(doc["paths"][&full][method].is_object(), "{method} {full} is not in the OpenAPI document");
+    }
+    assert!(doc["components"]["schemas"]["JobView"]["properties"]["progress"].is_object());
+}
+
+#[tokio::test]
 async fn a_built_ui_is_served_with_a_client_side_routing_fallback() {
     let dir = tempfile::tempdir().unwrap();
     let ui = dir.path().join("dist");

@@ -5,7 +5,7 @@ use crate::config_check::{JobOptions, absolutize, check_config, check_paths, spl
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::JsonBody;
 use crate::state::AppState;
-use crate::views::{AttemptView, JobDetail, JobView, LogView, MetricPointView};
+use crate::views::{AttemptView, JobDetail, JobView, LogView, MetricPointView, state_json};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -134,6 +134,7 @@ async fn get_job(State(st): State<AppState>, Path(id): Path<String>) -> ApiResul
     let job = job_or_404(&st, &id)?;
     let attempts = st.store().attempts(&id)?;
     Ok(Json(JobDetail {
+        state: state_json(&job.state()),
         config: serde_json::from_str(&job.config_json).unwrap_or(Value::Null),
         attempts: attempts.iter().map(AttemptView::from).collect(),
         job: JobView::from(&job),
