@@ -96,8 +96,16 @@ impl SafetensorsWeights {
             // SAFETY: the map is read-only; a file truncated under us by another process would be a
             // bug of that process, and every read below is bounds-checked against the map length.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map)
-                .map_err(|e| EngineError::file(path, format!("not a valid safetensors file: {e}")))?;
+            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
+                match first_truncated_tensor(&map) {
+                    Some(name) => EngineError::tensor(
+                        path,
+                        name,
+                        "its data lies past the end of the file (truncated download or copy?)",
+                    ),
+                    None => EngineError::file(path, format!("not a valid safetensors file: {e}")),
+                }
+            })?;
             let data_start = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let dtype = st_dtype(info.dtype)
@@ -130,6 +138,20 @@ impl SafetensorsWeights {
     pub fn stored_bytes(&self) -> usize {
         self.entries.values().map(|e| e.end - e.start).sum()
     }
+}
+
+/// For a file whose header parses but whose data is short: the first tensor that does not fit.
+fn first_truncated_tensor(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    let available = bytes.len() - 8 - n;
+    let mut tensors: Vec<(usize, &String)> = header
+        .as_object()?
+        .iter()
+        .filter_map(|(name, v)| Some((v.get("data_offsets")?.get(1)?.as_u64()? as usize, name)))
+        .collect();
+    tensors.sort();
+    tensors.into_iter().find(|(end, _)| *end > available).map(|(_, name)| name.clone())
 }
 
 /// Drops the page-cache pages of a tensor we have copied out from this process's resident set,
