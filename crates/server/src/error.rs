@@ -43,6 +43,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0}")]
     NotImplemented(String),
+    /// Something outside the studio failed (a download).
+    #[error("{0}")]
+    Upstream(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -64,7 +67,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable machine-readable code: `not_found`, `bad_request`, `invalid`, `conflict`,
     /// `payload_too_large`, `unsupported_media_type`, `forbidden`, `unauthorized`,
-    /// `not_implemented`, `internal`.
+    /// `not_implemented`, `upstream`, `internal`.
     pub code: &'static str,
     pub message: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -97,6 +100,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -112,6 +116,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::Unauthorized => "unauthorized",
             Self::NotImplemented(_) => "not_implemented",
+            Self::Upstream(_) => "upstream",
             Self::Internal(_) => "internal",
         }
     }

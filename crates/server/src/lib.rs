@@ -4,19 +4,24 @@
 //! - [`api`]: one router per resource; [`views`]: the JSON shapes; [`error`]: the one error type;
 //! - [`guard`]: Host, JSON-only and bearer-token checks in front of every route;
 //! - [`config_check`] and [`presets`]: config validation shared by jobs, templates and presets;
-//! - [`hub`]: models in the Hugging Face cache; [`ui`]: static files or a placeholder page.
+//! - [`hub`]: models in the Hugging Face cache; [`ui`]: static files or a placeholder page;
+//! - [`cors`]: lets the desktop shell's webview (`tauri://localhost`) call the API;
+//! - [`demo`]: the demo model, dataset and preset; [`tar`]: adapter downloads.
 //!
 //! [`Server::bind`] opens the store, starts the supervisor (which recovers jobs a previous
 //! studio left running) and binds the socket; [`Server::run`] serves until shutdown.
 
 pub mod api;
 pub mod config_check;
+pub mod cors;
+pub mod demo;
 pub mod error;
 pub mod extract;
 pub mod guard;
 pub mod hub;
 pub mod presets;
 pub mod state;
+pub mod tar;
 pub mod ui;
 pub mod views;
 
@@ -72,6 +77,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/{*rest}", axum::routing::any(api_404))
         .merge(ui::service(state.cfg.ui_dir.as_deref()))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(cors::layer())
         .with_state(state)
 }
 

@@ -18,6 +18,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("qlora-8gb", include_str!("../../../presets/qlora-8gb.toml")),
     ("qlora-24gb", include_str!("../../../presets/qlora-24gb.toml")),
     ("full-small", include_str!("../../../presets/full-small.toml")),
+    ("demo-smollm2-cpu", include_str!("../../../presets/demo-smollm2-cpu.toml")),
 ];
 
 /// The `[preset]` table.

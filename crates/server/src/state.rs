@@ -33,6 +33,8 @@ pub struct ServerConfig {
     pub hf_cache: Option<PathBuf>,
     /// Extra host names accepted in the Host header besides loopback names and `host`.
     pub allowed_hosts: Vec<String>,
+    /// Where the demo's model comes from (`POST /demo`).
+    pub demo: crate::demo::DemoSettings,
 }
 
 impl ServerConfig {
@@ -50,6 +52,7 @@ impl ServerConfig {
             cancel_grace: Duration::from_secs(10),
             hf_cache: default_hf_cache(),
             allowed_hosts: Vec::new(),
+            demo: crate::demo::DemoSettings::from_env(),
         }
     }
 

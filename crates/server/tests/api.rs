@@ -104,7 +104,7 @@ async fn templates_validation_and_user_presets() {
     let (status, t) = json_call(&router, "GET", &format!("{API}/configs/templates"), None).await;
     assert_eq!(status, StatusCode::OK);
     let templates = t["templates"].as_array().unwrap();
-    assert_eq!(templates.len(), 5);
+    assert_eq!(templates.len(), finetune_server::presets::BUILTIN.len());
     assert!(
         templates
             .iter()
@@ -140,7 +140,7 @@ async fn templates_validation_and_user_presets() {
     assert_eq!((saved["id"].as_str(), saved["source"].as_str()), (Some("my-qlora"), Some("user")));
     assert!(dir.path().join("data/presets/my-qlora.toml").is_file());
     let (_, t) = json_call(&router, "GET", &format!("{API}/configs/templates"), None).await;
-    assert_eq!(t["templates"].as_array().unwrap().len(), 6);
+    assert_eq!(t["templates"].as_array().unwrap().len(), finetune_server::presets::BUILTIN.len() + 1);
     let (status, err) = json_call(
         &router,
         "POST",

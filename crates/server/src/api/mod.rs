@@ -4,9 +4,12 @@
 pub mod checkpoints;
 pub mod configs;
 pub mod datasets;
+pub mod demo;
 pub mod events;
 pub mod jobs;
 pub mod models;
+pub mod outputs;
+pub mod system;
 
 use crate::state::AppState;
 use axum::Router;
@@ -29,7 +32,8 @@ pub const PREFIX: &str = "/api/v1/fine-tuning";
         (name = "models", description = "Models to fine-tune and their memory estimates"),
         (name = "configs", description = "Config templates (presets) and validation"),
         (name = "checkpoints", description = "Checkpoints of a job: restore and deploy"),
-        (name = "datasets", description = "Upload, inspect and validate training data")
+        (name = "datasets", description = "Upload, inspect and validate training data"),
+        (name = "system", description = "This machine and the studio")
     )
 )]
 struct ApiDoc;
@@ -43,6 +47,9 @@ pub fn routes(max_upload_bytes: u64) -> (Router<AppState>, OpenApiDoc) {
         .merge(checkpoints::router())
         .merge(models::router())
         .merge(configs::router())
+        .merge(outputs::router())
+        .merge(system::router())
+        .merge(demo::router())
         .merge(datasets::router().layer(DefaultBodyLimit::max(upload_limit)));
     OpenApiRouter::with_openapi(ApiDoc::openapi()).nest(PREFIX, api).split_for_parts()
 }
