@@ -5,8 +5,8 @@ import { ConfigEditor } from '../../components/ConfigEditor';
 import { ErrorNote } from '../../components/ui';
 import { navigate } from '../../lib/router';
 
-export function ReviewStep({ config, onChange, name, onName, datasetId }: {
-  config: TrainConfig; onChange: (c: TrainConfig) => void; name: string; onName: (n: string) => void; datasetId?: string;
+export function ReviewStep({ config, onChange, name, onName, datasetId, onBack }: {
+  config: TrainConfig; onChange: (c: TrainConfig) => void; name: string; onName: (n: string) => void; datasetId?: string; onBack: () => void;
 }) {
   const [errors, setErrors] = useState<FieldError[]>([]);
   const [startError, setStartError] = useState<unknown>(null);
@@ -27,7 +27,8 @@ export function ReviewStep({ config, onChange, name, onName, datasetId }: {
       </div>
       <ConfigEditor config={config} onChange={onChange} onValidated={setErrors} extraErrors={serverFields} />
       <ErrorNote error={startError} title="The job was not started." />
-      <div class="row end">
+      <div class="row between">
+        <button type="button" onClick={onBack}>Back</button>
         <button type="button" class="primary" onClick={start} disabled={starting || errors.length > 0} data-testid="start">
           {starting ? 'Starting…' : 'Start training'}
         </button>

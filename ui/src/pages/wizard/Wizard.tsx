@@ -74,11 +74,13 @@ export function Wizard({ demo }: { demo: boolean }) {
           {step === 0 && <ModelStep value={model} availableGb={available} onChange={(m) => { setModel(m); setDataset(null); }} />}
           {step === 1 && model && <PresetStep model={model} value={preset} memory={memory} onChange={setPreset} />}
           {step === 2 && model && <DatasetStep modelPath={model.model.path} value={dataset} onChange={setDataset} />}
-          {step === 3 && <ReviewStep config={config} onChange={setConfig} name={name} onName={setName} datasetId={dataset?.dataset.dataset_id} />}
-          <div class="row between" style={{ marginTop: 16 }}>
-            <button type="button" onClick={() => setStep(step - 1)} disabled={step === 0}>Back</button>
-            {step < 3 && <button type="button" class="primary" onClick={next} disabled={!canNext}>Next: {STEPS[step + 1]}</button>}
-          </div>
+          {step === 3 && <ReviewStep config={config} onChange={setConfig} name={name} onName={setName} datasetId={dataset?.dataset.dataset_id} onBack={() => setStep(2)} />}
+          {step < 3 && (
+            <div class="row between" style={{ marginTop: 16 }}>
+              <button type="button" onClick={() => setStep(step - 1)} disabled={step === 0}>Back</button>
+              <button type="button" class="primary" onClick={next} disabled={!canNext}>Next: {STEPS[step + 1]}</button>
+            </div>
+          )}
         </section>
       )}
     </div>
