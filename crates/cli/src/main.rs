@@ -28,6 +28,8 @@ enum Command {
     Serve(commands::serve::Args),
     /// Run one job for the studio (NDJSON events on stdout); started by `serve`.
     Worker(commands::worker::Args),
+    /// Set up the demo (SmolLM2-135M learns to answer in JSON) and serve the studio on it.
+    Demo(commands::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => commands::merge::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Worker(a) => commands::worker::run(a),
+        Command::Demo(a) => commands::demo::run(a),
     });
     let result = match run.map(|h| h.join()) {
         Ok(Ok(r)) => r,

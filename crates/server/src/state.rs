@@ -78,6 +78,21 @@ impl ServerConfig {
     }
 }
 
+/// The studio's data dir when none is given: `$FINETUNE_STUDIO_HOME`, else
+/// `$XDG_DATA_HOME/finetune-studio`, else `~/.local/share/finetune-studio`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FINETUNE_STUDIO_HOME") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("finetune-studio");
+    }
+    match std::env::var_os("HOME").or_else(|| std::env::var_os("APPDATA")) {
+        Some(h) => PathBuf::from(h).join(".local").join("share").join("finetune-studio"),
+        None => PathBuf::from("finetune-studio-data"),
+    }
+}
+
 pub fn is_loopback_name(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)

@@ -1,5 +1,6 @@
 //! One module per subcommand; each parses its arguments and forwards to the engine.
 
+pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod merge;

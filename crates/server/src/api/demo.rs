@@ -30,6 +30,7 @@ async fn setup_demo(State(st): State<AppState>) -> ApiResult<Json<DemoSetup>> {
     match setup {
         Ok(s) => Ok(Json(s)),
         Err(DemoError::Fetch(message)) => Err(ApiError::Upstream(message)),
+        Err(DemoError::Model(message)) => Err(ApiError::Conflict(message)),
         Err(DemoError::Jobs(e)) => Err(e.into()),
         Err(e @ DemoError::Io { .. }) => Err(ApiError::internal(e)),
     }

@@ -62,6 +62,9 @@ pub struct DemoSetup {
 pub enum DemoError {
     #[error("{0}")]
     Fetch(String),
+    /// The model folder given instead of the download is not there.
+    #[error("{0}")]
+    Model(String),
     #[error(transparent)]
     Jobs(#[from] finetune_jobs::JobsError),
     #[error("{path}: {source}")]
@@ -76,7 +79,9 @@ pub enum DemoError {
 /// when missing). Returns the path and whether it was downloaded now.
 pub fn model(settings: &DemoSettings) -> Result<(PathBuf, bool), DemoError> {
     if let Some(dir) = &settings.model_override {
-        return Ok((std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone()), false));
+        let dir = std::fs::canonicalize(dir)
+            .map_err(|e| DemoError::Model(format!("the demo model {}: {e}", dir.display())))?;
+        return Ok((dir, false));
     }
     // GGUF: the one place the demo hands a `.gguf` file to the studio as its model. Training on
     // it needs the engine's GGUF loading (`finetune_engine::model::load_causal_lm` accepting a
@@ -132,6 +137,14 @@ pub fn prepare(settings: &DemoSettings, store: &Store, data_dir: &Path) -> Resul
     let mut setup = register(store, data_dir, &path)?;
     setup.downloaded = downloaded;
     Ok(setup)
+}
+
+/// [`prepare`] on a data dir without a running studio (`finetune-studio demo --prepare-only`).
+pub fn prepare_data_dir(settings: &DemoSettings, data_dir: &Path) -> Result<DemoSetup, DemoError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|source| DemoError::Io { path: data_dir.to_path_buf(), source })?;
+    let store = Store::open(&data_dir.join("studio.db"))?;
+    prepare(settings, &store, data_dir)
 }
 
 #[cfg(test)]
