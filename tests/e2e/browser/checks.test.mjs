@@ -62,7 +62,10 @@ test('an invalid preset value shows an inline error; a valid one saves as a new 
   const { body } = await studio.api('GET', '/configs/templates');
   const saved = body.templates.find((t) => t.id === 'my-careful-preset');
   assert.equal(saved?.config.train.lr, 0.0005);
-  // A built-in name is refused next to the name field.
+  // The saved preset is now selected (its form reloaded); a built-in name is refused next to
+  // the name field.
+  await page.locator('button[aria-pressed="true"]', { hasText: 'My careful preset' }).waitFor();
+  await waitFor('the form to show the saved preset', async () => (await page.getByLabel('Name of the new preset').inputValue()) === 'My careful preset');
   await page.getByLabel('Name of the new preset').fill('lora quick cpu');
   await page.getByRole('button', { name: 'Save as new preset' }).click();
   assert.match(await page.getByTestId('error-name').innerText(), /built-in/);

@@ -35,8 +35,8 @@ export function Presets() {
     setSaveError(null); setSaved(null);
     try {
       const p = await api.presets.save({ name, description, hardware: sel?.hardware ?? '', min_memory_gb: sel?.min_memory_gb, config });
-      setSaved(p.name);
       await load(p.id);
+      setSaved(p.name);
     } catch (e) { setSaveError(e); }
   };
   const remove = async (p: Preset) => {
