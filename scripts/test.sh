@@ -11,6 +11,8 @@ source scripts/lib/apt.sh
 # These 2-vCPU machines behave like one physical core: one thread is 3-4x faster than two.
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# `cargo install` puts tauri-driver here; not every shell has it on PATH.
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 start=$(date +%s)
 step() { echo; echo "== $* (+$(( $(date +%s) - start ))s)"; }
 
