@@ -72,9 +72,12 @@ impl PeftAdapter {
         if config.peft_type != "LORA" {
             return Err(EngineError::file(&cfg_path, format!("peft_type `{}` is not supported (LORA only)", config.peft_type)));
         }
-        if config.use_dora || config.fan_in_fan_out {
-            return Err(EngineError::file(&cfg_path, "DoRA and fan_in_fan_out adapters are not supported yet"));
+        if config.use_dora {
+            return Err(EngineError::file(&cfg_path, "DoRA adapters are not supported yet"));
         }
+        // `fan_in_fan_out` (GPT-2 Conv1D) only says how PEFT merges into an `[in, out]` weight: the
+        // stored lora_A `[r, in]` and lora_B `[out, r]` are the same, and the model transposes
+        // Conv1D weights on load, so the adapter applies unchanged.
         if config.r == 0 {
             return Err(EngineError::file(&cfg_path, "`r` must be at least 1"));
         }
@@ -154,7 +157,7 @@ pub fn write_adapter(dir: &Path, model: &CausalLm, lora: &LoraSection, base_mode
         bias: "none".into(),
         use_rslora: lora.use_rslora,
         use_dora: false,
-        fan_in_fan_out: false,
+        fan_in_fan_out: model.spec.weight_layout == crate::arch::WeightLayout::InOut,
         base_model_name_or_path: Some(base_model.to_string()),
         inference_mode: true,
         init_lora_weights: Value::Bool(true),

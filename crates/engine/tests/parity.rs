@@ -90,3 +90,231 @@ fn mistral_lora_gradients_match_peft() {
 fn qwen2_lora_gradients_match_peft() {
     check_lora("qwen2");
 }
+
+// Every other decoder-only family against Hugging Face: logits and loss, then PEFT LoRA logits,
+// loss and every adapter gradient.
+
+#[test]
+fn qwen3_logits_and_loss() {
+    check_base("qwen3");
+}
+
+#[test]
+fn qwen3_lora_gradients_match_peft() {
+    check_lora("qwen3");
+}
+
+#[test]
+fn gemma_logits_and_loss() {
+    check_base("gemma");
+}
+
+#[test]
+fn gemma_lora_gradients_match_peft() {
+    check_lora("gemma");
+}
+
+#[test]
+fn gemma2_logits_and_loss() {
+    check_base("gemma2");
+}
+
+#[test]
+fn gemma2_lora_gradients_match_peft() {
+    check_lora("gemma2");
+}
+
+#[test]
+fn gemma3_text_logits_and_loss() {
+    check_base("gemma3_text");
+}
+
+#[test]
+fn gemma3_text_lora_gradients_match_peft() {
+    check_lora("gemma3_text");
+}
+
+#[test]
+fn phi_logits_and_loss() {
+    check_base("phi");
+}
+
+#[test]
+fn phi_lora_gradients_match_peft() {
+    check_lora("phi");
+}
+
+#[test]
+fn phi3_logits_and_loss() {
+    check_base("phi3");
+}
+
+#[test]
+fn phi3_lora_gradients_match_peft() {
+    check_lora("phi3");
+}
+
+#[test]
+fn gpt2_logits_and_loss() {
+    check_base("gpt2");
+}
+
+#[test]
+fn gpt2_lora_gradients_match_peft() {
+    check_lora("gpt2");
+}
+
+#[test]
+fn gpt_neox_logits_and_loss() {
+    check_base("gpt_neox");
+}
+
+#[test]
+fn gpt_neox_lora_gradients_match_peft() {
+    check_lora("gpt_neox");
+}
+
+#[test]
+fn falcon_logits_and_loss() {
+    check_base("falcon");
+}
+
+#[test]
+fn falcon_lora_gradients_match_peft() {
+    check_lora("falcon");
+}
+
+#[test]
+fn bloom_logits_and_loss() {
+    check_base("bloom");
+}
+
+#[test]
+fn bloom_lora_gradients_match_peft() {
+    check_lora("bloom");
+}
+
+#[test]
+fn mpt_logits_and_loss() {
+    check_base("mpt");
+}
+
+#[test]
+fn mpt_lora_gradients_match_peft() {
+    check_lora("mpt");
+}
+
+#[test]
+fn starcoder2_logits_and_loss() {
+    check_base("starcoder2");
+}
+
+#[test]
+fn starcoder2_lora_gradients_match_peft() {
+    check_lora("starcoder2");
+}
+
+#[test]
+fn olmo_logits_and_loss() {
+    check_base("olmo");
+}
+
+#[test]
+fn olmo_lora_gradients_match_peft() {
+    check_lora("olmo");
+}
+
+#[test]
+fn olmo2_logits_and_loss() {
+    check_base("olmo2");
+}
+
+#[test]
+fn olmo2_lora_gradients_match_peft() {
+    check_lora("olmo2");
+}
+
+#[test]
+fn glm_logits_and_loss() {
+    check_base("glm");
+}
+
+#[test]
+fn glm_lora_gradients_match_peft() {
+    check_lora("glm");
+}
+
+#[test]
+fn glm4_logits_and_loss() {
+    check_base("glm4");
+}
+
+#[test]
+fn glm4_lora_gradients_match_peft() {
+    check_lora("glm4");
+}
+
+#[test]
+fn stablelm_logits_and_loss() {
+    check_base("stablelm");
+}
+
+#[test]
+fn stablelm_lora_gradients_match_peft() {
+    check_lora("stablelm");
+}
+
+#[test]
+fn granite_logits_and_loss() {
+    check_base("granite");
+}
+
+#[test]
+fn granite_lora_gradients_match_peft() {
+    check_lora("granite");
+}
+
+#[test]
+fn opt_logits_and_loss() {
+    check_base("opt");
+}
+
+#[test]
+fn opt_lora_gradients_match_peft() {
+    check_lora("opt");
+}
+
+#[test]
+fn gpt_bigcode_logits_and_loss() {
+    check_base("gpt_bigcode");
+}
+
+#[test]
+fn gpt_bigcode_lora_gradients_match_peft() {
+    check_lora("gpt_bigcode");
+}
+
+#[test]
+fn mixtral_logits_and_loss() {
+    check_base("mixtral");
+}
+
+#[test]
+fn mixtral_lora_gradients_match_peft() {
+    check_lora("mixtral");
+}
+
+#[test]
+fn qwen3_moe_logits_and_loss() {
+    check_base("qwen3_moe");
+}
+
+#[test]
+fn qwen3_moe_lora_gradients_match_peft() {
+    check_lora("qwen3_moe");
+}
+
+#[test]
+fn internlm3_lora_gradients_match_peft() {
+    check_lora("internlm3");
+}

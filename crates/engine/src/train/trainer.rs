@@ -18,7 +18,7 @@ use crate::eval::evaluate;
 use crate::export;
 use crate::fsutil;
 use crate::layers::{ForwardCtx, LayerFactory};
-use crate::model::{CausalLm, HfConfig, ModelDims, SafetensorsWeights, WeightSource, next_token_targets};
+use crate::model::{CausalLm, HfConfig, SafetensorsWeights, WeightSource, next_token_targets};
 use crate::peft;
 use crate::tokenizer::TextTokenizer;
 use candle_core::{DType, Tensor, Var};
@@ -83,8 +83,7 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
         return Err(EngineError::config("data.path", "no dataset given"));
     }
     let hf = HfConfig::from_dir(model_dir)?;
-    let spec = arch::detect(&hf)?;
-    let dims = ModelDims::from_config(&hf, spec)?;
+    let (spec, dims) = arch::resolve(&hf)?;
     let tok = TextTokenizer::from_dir(model_dir)?;
     let (data_cfg, note) = cfg.data_for_context(dims.max_positions);
     if let Some(note) = note {
@@ -96,13 +95,14 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
     }
     log(sink, format!("data: {}", serde_json::to_string(&dataset.report).unwrap_or_default()));
 
-    let (plan, notes) = adapter_plan(cfg, spec)?;
+    let (plan, notes) = adapter_plan(cfg, &spec)?;
     for n in notes {
         log(sink, n);
     }
     let weights: Arc<dyn WeightSource> = Arc::new(SafetensorsWeights::from_dir(model_dir)?);
     let factory = LayerFactory::new(weights, dtype, device.clone(), plan);
     let model = CausalLm::build(spec, dims, &factory)?;
+    let spec = &model.spec;
     let params: Vec<(String, Var)> = model.trainable();
     if params.is_empty() {
         return Err(EngineError::config(
