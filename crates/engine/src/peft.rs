@@ -6,7 +6,7 @@ use crate::config::{LoraSection, MethodKind};
 use crate::error::{EngineError, Result};
 use crate::fsutil;
 use crate::layers::{AdapterPlan, TargetSet, peft_name};
-use crate::model::{CausalLm, SafetensorsWeights, WeightSource};
+use crate::model::{LanguageModel, SafetensorsWeights, WeightSource};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -123,7 +123,7 @@ fn short_names(adapted: &[String], all: &[String]) -> Option<Vec<String>> {
 }
 
 /// Writes the model's adapters as a PEFT folder.
-pub fn write_adapter(dir: &Path, model: &CausalLm, lora: &LoraSection, base_model: &str) -> Result<()> {
+pub fn write_adapter(dir: &Path, model: &dyn LanguageModel, lora: &LoraSection, base_model: &str) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut adapted = Vec::new();
@@ -149,7 +149,7 @@ pub fn write_adapter(dir: &Path, model: &CausalLm, lora: &LoraSection, base_mode
     };
     let config = AdapterConfig {
         peft_type: "LORA".into(),
-        task_type: "CAUSAL_LM".into(),
+        task_type: model.task_type().into(),
         r,
         lora_alpha: lora.alpha,
         lora_dropout: lora.dropout,
@@ -157,7 +157,7 @@ pub fn write_adapter(dir: &Path, model: &CausalLm, lora: &LoraSection, base_mode
         bias: "none".into(),
         use_rslora: lora.use_rslora,
         use_dora: false,
-        fan_in_fan_out: model.spec.weight_layout == crate::arch::WeightLayout::InOut,
+        fan_in_fan_out: model.fan_in_fan_out(),
         base_model_name_or_path: Some(base_model.to_string()),
         inference_mode: true,
         init_lora_weights: Value::Bool(true),

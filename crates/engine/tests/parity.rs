@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 use finetune_engine::config::MethodKind;
 use finetune_engine::layers::{AdapterPlan, ForwardCtx};
-use finetune_engine::model::load_causal_lm;
+use finetune_engine::model::{LanguageModel, Seq2SeqBatch, load_causal_lm, load_seq2seq_lm, shift_right};
 use finetune_engine::peft::PeftAdapter;
 
 const TOL: f64 = 1e-4;
@@ -317,4 +317,79 @@ fn qwen3_moe_lora_gradients_match_peft() {
 #[test]
 fn internlm3_lora_gradients_match_peft() {
     check_lora("internlm3");
+}
+
+// Encoder-decoder families: logits and loss from encoder ids and shifted labels, then PEFT LoRA.
+
+fn seq2seq_batch(r: &std::collections::HashMap<String, Tensor>) -> Seq2SeqBatch {
+    let src = ids(&r["input_ids"]);
+    let labels = labels(&r["labels"]);
+    let (b, s) = r["input_ids"].dims2().unwrap();
+    let (_, t) = r["labels"].dims2().unwrap();
+    let pairs: Vec<(&[u32], &[i64])> = (0..b).map(|i| (&src[i * s..(i + 1) * s], &labels[i * t..(i + 1) * t])).collect();
+    Seq2SeqBatch::collate(&pairs, 0)
+}
+
+fn check_seq2seq(family: &str, lora: bool) {
+    let r = reference(family);
+    let (plan, adapter) = if lora {
+        let a = PeftAdapter::read(&adapter_dir(family)).unwrap();
+        (a.plan(MethodKind::Lora, 0), Some(a))
+    } else {
+        (AdapterPlan::frozen(), None)
+    };
+    let model = load_seq2seq_lm(&model_dir(family), plan, DType::F32, &Device::Cpu).unwrap();
+    let batch = seq2seq_batch(&r);
+    let dec = ids(&r["decoder_input_ids"]);
+    let d = &model.dims;
+    assert_eq!(shift_right(&batch.labels, batch.batch, batch.tgt_len, d.decoder_start_token_id, d.pad_token_id), dec);
+    let logits = model.forward_logits(&batch.input_ids, batch.batch, batch.src_len, &dec, batch.tgt_len).unwrap();
+    let (lk, sk) = if lora { ("lora_logits", "lora_loss") } else { ("logits", "loss") };
+    let diff = rel_diff(&logits, &r[lk]);
+    assert!(diff < TOL, "{family}: {lk} differ from Hugging Face by {diff}");
+    let (loss, _) = model.loss(&batch, &ForwardCtx::eval()).unwrap();
+    let (ours, theirs) = (scalar(&loss), scalar(&r[sk]));
+    assert!((ours - theirs).abs() < TOL * theirs.abs().max(1.0), "{family}: {sk} {ours} vs {theirs}");
+    let Some(adapter) = adapter else { return };
+    assert_eq!(model.adapted.len(), adapter.modules.len(), "{family}: every adapter module is wrapped");
+    let grads = loss.backward().unwrap();
+    let trainable = LanguageModel::trainable(&model);
+    assert_eq!(trainable.len(), 2 * adapter.modules.len());
+    for (name, var) in &trainable {
+        let key = format!("grad.base_model.model.{name}");
+        let expected: &Tensor = r.get(&key).unwrap_or_else(|| panic!("{family}: no reference {key}"));
+        let got = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: no gradient reached {name}"));
+        let d = rel_diff(got, expected);
+        assert!(d < TOL, "{family}: gradient of {name} differs by {d} (relative)");
+    }
+}
+
+#[test]
+fn t5_logits_and_loss() {
+    check_seq2seq("t5", false);
+}
+
+#[test]
+fn t5_tied_logits_and_loss() {
+    check_seq2seq("t5-tied", false);
+}
+
+#[test]
+fn bart_logits_and_loss() {
+    check_seq2seq("bart", false);
+}
+
+#[test]
+fn t5_lora_gradients_match_peft() {
+    check_seq2seq("t5", true);
+}
+
+#[test]
+fn t5_tied_lora_gradients_match_peft() {
+    check_seq2seq("t5-tied", true);
+}
+
+#[test]
+fn bart_lora_gradients_match_peft() {
+    check_seq2seq("bart", true);
 }

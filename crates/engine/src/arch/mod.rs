@@ -236,7 +236,25 @@ pub struct ArchSpec {
     pub remote_code: bool,
 }
 
+/// What LoRA target selection needs to know about a family.
+#[derive(Debug, Clone, Copy)]
+pub struct TargetInfo {
+    pub family: &'static str,
+    pub default_targets: &'static [&'static str],
+    pub linear_modules: &'static [&'static str],
+    pub lm_head: &'static str,
+}
+
 impl ArchSpec {
+    pub fn targets(&self) -> TargetInfo {
+        TargetInfo {
+            family: self.family,
+            default_targets: self.default_targets,
+            linear_modules: self.linear_modules,
+            lm_head: self.names.lm_head,
+        }
+    }
+
     pub fn is_rope(&self) -> bool {
         matches!(self.position, PositionKind::Rope(_))
     }

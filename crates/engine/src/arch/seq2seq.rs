@@ -2,7 +2,7 @@
 //! mechanisms (norm kind and placement, positions, biases, head) each uses. One
 //! [`crate::model::Seq2SeqLm`] runs both.
 
-use super::NormKind;
+use super::{NormKind, TargetInfo};
 
 /// Module paths inside one encoder or decoder layer (relative to the layer). Cross-attention
 /// names are empty in the encoder.
@@ -84,6 +84,17 @@ pub struct Seq2SeqSpec {
     pub default_targets: &'static [&'static str],
     pub linear_modules: &'static [&'static str],
     pub mechanisms: &'static [&'static str],
+}
+
+impl Seq2SeqSpec {
+    pub fn targets(&self) -> TargetInfo {
+        TargetInfo {
+            family: self.family,
+            default_targets: self.default_targets,
+            linear_modules: self.linear_modules,
+            lm_head: self.lm_head,
+        }
+    }
 }
 
 const fn t5_layer(ff: &'static str, ff_norm: &'static str, decoder: bool) -> LayerNames {

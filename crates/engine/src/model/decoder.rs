@@ -1,6 +1,7 @@
 //! [`CausalLm`]: the one generic decoder-only language model. It exposes its stages (embed, each
 //! block, the head) so the trainer can recompute blocks for gradient checkpointing.
 
+use super::LanguageModel;
 use super::attention::{AttnPos, LayerCache};
 use super::blocks::Block;
 use super::dims::ModelDims;
@@ -341,5 +342,39 @@ impl CausalLm {
         let e =
             if self.embed.var().is_some() { 0 } else { embed.elem_count() * embed.dtype().size_in_bytes() };
         e + self.linears().iter().map(|(_, l)| l.base_bytes()).sum::<usize>()
+    }
+}
+
+impl LanguageModel for CausalLm {
+    fn family(&self) -> &'static str {
+        self.spec.family
+    }
+
+    fn task_type(&self) -> &'static str {
+        "CAUSAL_LM"
+    }
+
+    fn fan_in_fan_out(&self) -> bool {
+        self.spec.weight_layout == WeightLayout::InOut
+    }
+
+    fn trainable(&self) -> Vec<(String, Var)> {
+        CausalLm::trainable(self)
+    }
+
+    fn linears(&self) -> Vec<(String, &dyn Linear)> {
+        CausalLm::linears(self)
+    }
+
+    fn merged_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        CausalLm::merged_weights(self)
+    }
+
+    fn base_bytes(&self) -> usize {
+        CausalLm::base_bytes(self)
+    }
+
+    fn parameter_count(&self) -> usize {
+        self.dims.parameter_count()
     }
 }

@@ -34,16 +34,24 @@ impl AttentionMask {
         Self { causal: false, ..Self::causal(scale) }
     }
 
+    /// Whether queries have positions among the keys (causal, windowed or ALiBi attention); a
+    /// bidirectional cross-attention may have more queries than keys.
+    fn positional(&self) -> bool {
+        self.causal || self.sliding_window.is_some() || self.alibi_slopes.is_some()
+    }
+
     /// Whether query `i` (of `t`) may see key `j` (of `s`) in batch row `b`; queries are the last
     /// `t` positions of the `s` keys (a KV cache holds the earlier ones).
     fn visible(&self, b: usize, i: usize, j: usize, t: usize, s: usize) -> bool {
-        let qpos = s - t + i;
-        if self.causal && j > qpos {
-            return false;
-        }
-        if let Some(w) = self.sliding_window {
-            if qpos >= j + w {
+        if self.positional() {
+            let qpos = s - t + i;
+            if self.causal && j > qpos {
                 return false;
+            }
+            if let Some(w) = self.sliding_window {
+                if qpos >= j + w {
+                    return false;
+                }
             }
         }
         if let Some(lens) = &self.key_lens {
@@ -99,7 +107,7 @@ fn validate(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Result<
     let (b, h, t, d) = q.dims4()?;
     let (b2, kv, s, d2) = k.dims4()?;
     let (b3, kv2, s2, _) = v.dims4()?;
-    if b != b2 || b != b3 || kv != kv2 || s != s2 || d != d2 || kv == 0 || h % kv != 0 || t > s {
+    if b != b2 || b != b3 || kv != kv2 || s != s2 || d != d2 || kv == 0 || h % kv != 0 || (t > s && mask.positional()) {
         bail!("attention: incompatible shapes q {:?} k {:?} v {:?}", q.dims(), k.dims(), v.dims());
     }
     if let Some(sl) = &mask.alibi_slopes {
