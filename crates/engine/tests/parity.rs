@@ -393,3 +393,28 @@ fn t5_tied_lora_gradients_match_peft() {
 fn bart_lora_gradients_match_peft() {
     check_seq2seq("bart", true);
 }
+
+// Remote-code layouts: a native model's weights repacked into the layout (and config.json) of a
+// `trust_remote_code` checkpoint must give the native model's logits.
+
+#[test]
+fn chatglm_layout_reproduces_glm() {
+    check_base("chatglm");
+    assert_eq!(scalar(&reference("chatglm")["loss"]), scalar(&reference("glm")["loss"]));
+}
+
+#[test]
+fn baichuan_w_pack_layout_reproduces_llama_mha() {
+    check_base("baichuan");
+}
+
+#[test]
+fn baichuan_13b_w_pack_with_alibi_reproduces_llama_with_alibi() {
+    check_base("baichuan-13b");
+}
+
+#[test]
+fn internlm2_wqkv_layout_reproduces_llama() {
+    check_base("internlm2");
+    assert_eq!(scalar(&reference("internlm2")["loss"]), scalar(&reference("llama")["loss"]));
+}

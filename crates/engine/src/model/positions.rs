@@ -3,7 +3,7 @@
 //! ALiBi slopes (BLOOM or MPT rule, any number of heads), a learned absolute table with an
 //! offset, or T5's relative position buckets ([`RelativeBias`]).
 
-use super::config::{RopeParams, rope_inv_freq};
+use super::config::{RopeParams, RopeScaling, rope_inv_freq};
 use crate::arch::AlibiSlopes;
 use crate::error::Result;
 use crate::layers::{LayerFactory, Param};
@@ -11,19 +11,19 @@ use crate::ops::{RopeLayout, RopeTables};
 use candle_core::{Tensor, Var};
 use std::sync::Arc;
 
+/// The rotary tables of one parameter set: LongRoPE has a second set for sequences longer than
+/// its original context (transformers switches per forward pass on the longest position).
+pub struct RopeSet {
+    short: RopeTables,
+    long: Option<(usize, RopeTables)>,
+}
+
 pub enum Positions {
     None,
-    /// Tables shared between layers with equal parameters; `per_layer[i]` indexes `tables`.
-    Rope {
-        tables: Vec<Arc<RopeTables>>,
-        per_layer: Vec<usize>,
-    },
+    /// Sets shared between layers with equal parameters; `per_layer[i]` indexes `sets`.
+    Rope { sets: Vec<Arc<RopeSet>>, per_layer: Vec<usize> },
     Alibi(Vec<f32>),
-    Learned {
-        table: Param,
-        offset: usize,
-        path: String,
-    },
+    Learned { table: Param, offset: usize, path: String },
 }
 
 impl Positions {
@@ -36,22 +36,31 @@ impl Positions {
         f: &LayerFactory,
     ) -> Result<Self> {
         let mut distinct: Vec<&RopeParams> = Vec::new();
-        let mut tables = Vec::new();
+        let mut sets = Vec::new();
         let mut per_layer = Vec::with_capacity(params.len());
         for p in params {
             let idx = match distinct.iter().position(|d| *d == p) {
                 Some(i) => i,
                 None => {
                     let rot = ((head_dim as f64 * p.partial_factor) as usize) & !1;
-                    let (inv, scaling) = rope_inv_freq(p, rot, max_positions);
-                    tables.push(Arc::new(RopeTables::new(&inv, max_positions, scaling, layout, &f.device)?));
+                    let tables = |seq: usize| -> Result<RopeTables> {
+                        let (inv, scaling) = rope_inv_freq(p, rot, seq);
+                        Ok(RopeTables::new(&inv, max_positions, scaling, layout, &f.device)?)
+                    };
+                    let set = match &p.scaling {
+                        RopeScaling::LongRope { original_max, .. } if max_positions > *original_max => {
+                            RopeSet { short: tables(*original_max)?, long: Some((*original_max, tables(max_positions)?)) }
+                        }
+                        _ => RopeSet { short: tables(max_positions)?, long: None },
+                    };
+                    sets.push(Arc::new(set));
                     distinct.push(p);
                     distinct.len() - 1
                 }
             };
             per_layer.push(idx);
         }
-        Ok(Self::Rope { tables, per_layer })
+        Ok(Self::Rope { sets, per_layer })
     }
 
     /// A learned table `{path}.weight` of `rows` positions (`offset` rows are never addressed
@@ -61,10 +70,13 @@ impl Positions {
         Ok(Self::Learned { table, offset, path: path.to_string() })
     }
 
-    pub fn rope_for(&self, layer: usize) -> Option<&RopeTables> {
-        match self {
-            Self::Rope { tables, per_layer } => per_layer.get(layer).map(|&i| tables[i].as_ref()),
-            _ => None,
+    /// The rotary tables of `layer` for a forward pass whose last position is `end - 1`.
+    pub fn rope_for(&self, layer: usize, end: usize) -> Option<&RopeTables> {
+        let Self::Rope { sets, per_layer } = self else { return None };
+        let set = &sets[*per_layer.get(layer)?];
+        match &set.long {
+            Some((original, long)) if end > *original => Some(long),
+            _ => Some(&set.short),
         }
     }
 
