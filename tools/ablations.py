@@ -56,6 +56,11 @@ ABLATIONS = [
  ("bart logits bias off", "model/seq2seq.rs", "match &self.logits_bias {\n            Some(b) => logits.broadcast_add(b),", "match &self.logits_bias {\n            Some(_) => Ok(logits),", "bart_logits"),
  ("bart post-norm as pre-norm", "model/seq2seq.rs", "NormPlacement::Post => norm.forward(&(x + f(x)?)?),", "NormPlacement::Post => x + f(&norm.forward(x)?)?,", "bart_logits"),
  ("encoder key padding ignored", "model/seq2seq.rs", "self.encoder.forward(x, Some(lens), None, ctx)", "self.encoder.forward(x, None, None, ctx)", "seq2seq_training:padded"),
+ ("deepseek routed scale", "model/mlp.rs", "if scale != 1.0 {", "if false {", "deepseek_v3_logits"),
+ ("deepseek correction bias", "model/mlp.rs", ".map(|(s, b)| s + b)", ".map(|(s, _)| *s)", "deepseek_v3_logits"),
+ ("deepseek group limit", "model/mlp.rs", "for &g in &order[*topk_group..] {", "for &g in &order[*groups..] {", "deepseek_v3_logits"),
+ ("deepseek shared experts", "model/mlp.rs", "out = (out + shared.forward(&xf, ctx)?)?;", "let _ = shared;", "deepseek_v3_logits"),
+ ("mla rope on the shared key", "model/attention.rs", "k_rot = ops::rope(&k_rot, rope, offset)?;", "let _ = offset;", "deepseek_v3_logits"),
  ("sliding window", "model/blocks.rs", "window: d.windows.get(layer).copied().flatten(),", "window: None,", "gemma2_logits gemma3_text_logits mistral_logits"),
 ]
 

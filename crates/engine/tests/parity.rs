@@ -418,3 +418,13 @@ fn internlm2_wqkv_layout_reproduces_llama() {
     check_base("internlm2");
     assert_eq!(scalar(&reference("internlm2")["loss"]), scalar(&reference("llama")["loss"]));
 }
+
+#[test]
+fn deepseek_v3_logits_and_loss() {
+    check_base("deepseek_v3");
+}
+
+#[test]
+fn deepseek_v3_lora_gradients_match_peft() {
+    check_lora("deepseek_v3");
+}

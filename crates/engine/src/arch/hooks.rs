@@ -222,3 +222,35 @@ pub(super) fn mha(_cfg: &HfConfig, _spec: &mut ArchSpec, d: &mut ModelDims) -> R
     d.kv_heads = d.heads;
     Ok(())
 }
+
+/// DeepSeek-V3: multi-head latent attention sizes, the rotary slice as the RoPE head size, the
+/// pair layout (`rope_interleave`) and the YaRN `mscale_all_dim` correction of the score scale.
+pub(super) fn deepseek_v3(cfg: &HfConfig, spec: &mut ArchSpec, d: &mut ModelDims) -> Result<()> {
+    let mla = crate::model::MlaDims {
+        q_rank: cfg.usize_any(&["q_lora_rank"])?,
+        kv_rank: cfg.require_usize(&["kv_lora_rank"])?,
+        nope: cfg.require_usize(&["qk_nope_head_dim"])?,
+        rope: cfg.require_usize(&["qk_rope_head_dim"])?,
+        v: cfg.require_usize(&["v_head_dim"])?,
+    };
+    if mla.rope % 2 != 0 {
+        return Err(cfg.error("qk_rope_head_dim", "must be even"));
+    }
+    d.mla = Some(mla);
+    d.head_dim = mla.rope;
+    d.kv_heads = d.heads;
+    let interleave = cfg.bool_any(&["rope_interleave"])?.unwrap_or(true);
+    spec.position =
+        PositionKind::Rope(if interleave { RopeLayout::Interleaved } else { RopeLayout::HalfSplit });
+    let mut scale = 1.0 / ((mla.nope + mla.rope) as f64).sqrt();
+    if let crate::model::RopeScaling::Yarn { factor, mscale_all_dim: Some(all), .. } =
+        cfg.rope(spec.default_theta, None)?.scaling
+    {
+        if all != 0.0 && factor > 1.0 {
+            let m = 0.1 * all * factor.ln() + 1.0;
+            scale *= m * m;
+        }
+    }
+    d.attn_scale = scale;
+    Ok(())
+}

@@ -54,9 +54,19 @@ pub struct Names {
     pub mlp_out_norm: &'static str,
     pub final_norm: &'static str,
     pub lm_head: &'static str,
-    /// Mixture-of-experts router (`mlp.gate`) and expert prefix (`mlp.experts.{e}`).
+    /// Mixture-of-experts router (`mlp.gate`) and expert prefix (`mlp.experts.{e}`); inside an
+    /// expert, `gate`/`up`/`down` are relative to the prefix.
     pub router: &'static str,
     pub experts: &'static str,
+    /// Experts every token goes through (DeepSeek `mlp.shared_experts`).
+    pub shared_experts: &'static str,
+    /// Multi-head latent attention ([`QkvLayout::Latent`]): the query down/up projections (or
+    /// `q` when there is no query rank), the key-value down projection (latent + shared rotary
+    /// key) and its up projection; `q_norm`/`k_norm` name the latent norms.
+    pub q_a: &'static str,
+    pub q_b: &'static str,
+    pub kv_a: &'static str,
+    pub kv_b: &'static str,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -80,6 +90,9 @@ pub enum QkvLayout {
     /// With kv = heads this is GPT-NeoX/BLOOM's per-head `[q, k, v]`; with kv = 1 it equals
     /// [`QkvLayout::Fused`] (Falcon multi-query); in between it is Falcon-40B and InternLM2 `wqkv`.
     Grouped,
+    /// Multi-head latent attention (DeepSeek-V2/V3): low-rank query and key-value projections,
+    /// RoPE on a separate slice of each head with one rotary key shared by all heads.
+    Latent,
 }
 
 /// Normalisation of queries and keys before RoPE.
@@ -97,6 +110,10 @@ pub enum QkNorm {
 pub enum MoeRouting {
     /// softmax over experts, top-k, optionally renormalised (`norm_topk_prob`; Mixtral always).
     SoftmaxTopK { renormalize: Option<&'static str> },
+    /// DeepSeek-V3: sigmoid scores; the choice adds `e_score_correction_bias` and is limited to
+    /// the `topk_group` groups with the best top-2 sums; chosen scores are renormalised
+    /// (`norm_topk_prob`) and scaled by `routed_scaling_factor`.
+    SigmoidGroupTopK,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,6 +34,11 @@ pub(super) const LLAMA_NAMES: Names = Names {
     lm_head: "lm_head",
     router: "",
     experts: "",
+    shared_experts: "",
+    q_a: "",
+    q_b: "",
+    kv_a: "",
+    kv_b: "",
 };
 
 pub(super) const LLAMA_LINEARS: &[&str] =
@@ -611,6 +616,54 @@ pub const QWEN3_MOE: ArchSpec = ArchSpec {
     ..QWEN3
 };
 
+pub const DEEPSEEK_V3: ArchSpec = ArchSpec {
+    family: "deepseek_v3",
+    model_types: &["deepseek_v3"],
+    architectures: &["DeepseekV3ForCausalLM"],
+    names: Names {
+        q: "self_attn.q_proj",
+        q_a: "self_attn.q_a_proj",
+        q_b: "self_attn.q_b_proj",
+        kv_a: "self_attn.kv_a_proj_with_mqa",
+        kv_b: "self_attn.kv_b_proj",
+        q_norm: "self_attn.q_a_layernorm",
+        k_norm: "self_attn.kv_a_layernorm",
+        router: "mlp.gate",
+        experts: "mlp.experts.{e}",
+        shared_experts: "mlp.shared_experts",
+        gate: "gate_proj",
+        up: "up_proj",
+        down: "down_proj",
+        ..LLAMA_NAMES
+    },
+    qkv: QkvLayout::Latent,
+    mlp: MlpKind::Moe(MoeRouting::SigmoidGroupTopK),
+    qkv_bias: Bias::Config("attention_bias", false),
+    o_bias: Bias::Config("attention_bias", false),
+    mlp_bias: Bias::Never,
+    resolve: Some(hooks::deepseek_v3),
+    default_targets: &["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"],
+    linear_modules: &[
+        "q_proj",
+        "q_a_proj",
+        "q_b_proj",
+        "kv_a_proj_with_mqa",
+        "kv_b_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ],
+    mechanisms: &[
+        "RMSNorm",
+        "multi-head latent attention (low-rank q and kv, shared rotary key)",
+        "interleaved RoPE on a slice of each head (YaRN mscale)",
+        "sparse MoE: sigmoid scores, group-limited top-k, correction bias, shared experts",
+        "first layers dense",
+    ],
+    ..LLAMA
+};
+
 /// Every supported decoder-only family, in documentation order.
 pub const FAMILIES: &[&ArchSpec] = &[
     &LLAMA,
@@ -638,6 +691,7 @@ pub const FAMILIES: &[&ArchSpec] = &[
     &GPT_BIGCODE,
     &MIXTRAL,
     &QWEN3_MOE,
+    &DEEPSEEK_V3,
     &CHATGLM,
     &BAICHUAN,
     &BAICHUAN_13B,

@@ -3,6 +3,7 @@
 //! the projection; `clip_qkv`; RoPE, ALiBi or an additive position bias; causal, sliding-window,
 //! soft-capped, bidirectional and cross attention; and a KV cache for generation.
 
+use super::dims::MlaDims;
 use super::norm::Norm;
 use crate::arch::{NormKind, QkNorm, QkvLayout, WeightLayout};
 use crate::error::Result;
@@ -66,6 +67,8 @@ pub struct AttnConfig {
     pub softcap: Option<f64>,
     pub window: Option<usize>,
     pub causal: bool,
+    /// Multi-head latent attention sizes when the layout is [`QkvLayout::Latent`].
+    pub mla: Option<MlaDims>,
 }
 
 /// Full module paths of an attention layer's weights (unused ones empty).
@@ -78,6 +81,10 @@ pub struct AttnPaths {
     pub qkv: String,
     pub q_norm: String,
     pub k_norm: String,
+    pub q_a: String,
+    pub q_b: String,
+    pub kv_a: String,
+    pub kv_b: String,
 }
 
 /// Positional inputs of one attention call.
@@ -94,7 +101,22 @@ pub struct AttnPos<'a> {
 enum Projections {
     Separate { q: Box<dyn Linear>, k: Box<dyn Linear>, v: Box<dyn Linear> },
     Fused(Box<dyn Linear>),
+    Latent(Box<Latent>),
 }
+
+/// Multi-head latent attention projections: queries `q_b(norm(q_a(x)))` (or `q(x)`);
+/// `kv_a(x)` = latent | shared rotary key; `kv_b(norm(latent))` = per-head key | value.
+struct Latent {
+    dims: MlaDims,
+    q_a: Option<(Box<dyn Linear>, Norm)>,
+    q: Box<dyn Linear>,
+    kv_a: Box<dyn Linear>,
+    kv_norm: Norm,
+    kv_b: Box<dyn Linear>,
+}
+
+/// transformers builds DeepSeek's latent norms with RMSNorm's default epsilon, not the config's.
+const LATENT_NORM_EPS: f64 = 1e-6;
 
 pub struct Attention {
     cfg: AttnConfig,
@@ -107,10 +129,10 @@ pub struct Attention {
 
 impl Attention {
     pub fn load(f: &LayerFactory, c: &AttnConfig, p: &AttnPaths) -> Result<Self> {
-        let (q_out, kv_out) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
+        let (mut q_out, kv_out) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let lin = |path: &str, i, o, b| load_linear(f, c.weight_layout, path, i, o, b);
-        let (proj, mut paths) = match c.layout {
-            QkvLayout::Separate => (
+        let (proj, mut paths) = match (c.layout, c.mla) {
+            (QkvLayout::Separate, _) => (
                 Projections::Separate {
                     q: lin(&p.q, c.hidden, q_out, c.qkv_bias)?,
                     k: lin(&p.k, c.hidden, kv_out, c.qkv_bias)?,
@@ -118,14 +140,39 @@ impl Attention {
                 },
                 vec![p.q.clone(), p.k.clone(), p.v.clone()],
             ),
-            QkvLayout::Fused | QkvLayout::Grouped => (
+            (QkvLayout::Fused | QkvLayout::Grouped, _) => (
                 Projections::Fused(lin(&p.qkv, c.hidden, q_out + 2 * kv_out, c.qkv_bias)?),
                 vec![p.qkv.clone()],
             ),
+            (QkvLayout::Latent, Some(m)) => {
+                let qk = c.heads * (m.nope + m.rope);
+                let latent_norm = |path: &str, dim| Norm::load(f, c.norm, path, dim, LATENT_NORM_EPS, false);
+                let (q_a, q, mut paths) = match m.q_rank {
+                    Some(r) => (
+                        Some((lin(&p.q_a, c.hidden, r, c.qkv_bias)?, latent_norm(&p.q_norm, r)?)),
+                        lin(&p.q_b, r, qk, false)?,
+                        vec![p.q_a.clone(), p.q_b.clone()],
+                    ),
+                    None => (None, lin(&p.q, c.hidden, qk, false)?, vec![p.q.clone()]),
+                };
+                let kv_a = lin(&p.kv_a, c.hidden, m.kv_rank + m.rope, c.qkv_bias)?;
+                let kv_norm = latent_norm(&p.k_norm, m.kv_rank)?;
+                let kv_b = lin(&p.kv_b, m.kv_rank, c.heads * (m.nope + m.v), false)?;
+                paths.extend([p.kv_a.clone(), p.kv_b.clone()]);
+                q_out = c.heads * m.v;
+                (Projections::Latent(Box::new(Latent { dims: m, q_a, q, kv_a, kv_norm, kv_b })), paths)
+            }
+            (QkvLayout::Latent, None) => {
+                return Err(crate::error::EngineError::Other(format!(
+                    "{}: latent attention without its sizes",
+                    p.o
+                )));
+            }
         };
         let o = lin(&p.o, q_out, c.hidden, c.o_bias)?;
         paths.push(p.o.clone());
         let (qd, kd) = match c.qk_norm {
+            _ if c.layout == QkvLayout::Latent => (0, 0),
             QkNorm::None => (0, 0),
             QkNorm::PerHead => (c.head_dim, c.head_dim),
             QkNorm::Full => (q_out, kv_out),
@@ -145,13 +192,22 @@ impl Attention {
         let mut v: Vec<&dyn Linear> = match &self.proj {
             Projections::Separate { q, k, v } => vec![q.as_ref(), k.as_ref(), v.as_ref()],
             Projections::Fused(qkv) => vec![qkv.as_ref()],
+            Projections::Latent(l) => {
+                let mut v: Vec<&dyn Linear> = l.q_a.iter().map(|(a, _)| a.as_ref()).collect();
+                v.extend([l.q.as_ref(), l.kv_a.as_ref(), l.kv_b.as_ref()]);
+                v
+            }
         };
         v.push(self.o.as_ref());
         v
     }
 
     pub fn norms(&self) -> impl Iterator<Item = &Norm> {
-        self.q_norm.iter().chain(self.k_norm.iter())
+        let latent: Vec<&Norm> = match &self.proj {
+            Projections::Latent(l) => l.q_a.iter().map(|(_, n)| n).chain([&l.kv_norm]).collect(),
+            _ => vec![],
+        };
+        self.q_norm.iter().chain(self.k_norm.iter()).chain(latent)
     }
 
     /// q, k, v as `[b, t, n·d]` from `x` (and `kv_source` for cross-attention).
@@ -185,7 +241,42 @@ impl Attention {
                 let v = y.narrow(3, group + 1, 1)?.reshape((b, t, nkv * hd))?;
                 Ok((q, k, v))
             }
+            Projections::Latent(_) => candle_core::bail!("latent attention projects through `latent_qkv`"),
         }
+    }
+
+    /// Multi-head latent attention's q, k, v as `[b, heads, t, d]`, RoPE applied to the rotary
+    /// slice of each query head and to the one rotary key all heads share.
+    fn latent_qkv(
+        &self,
+        l: &Latent,
+        x: &Tensor,
+        rope: Option<&RopeTables>,
+        offset: usize,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let (b, t, _) = x.dims3()?;
+        let (m, nh) = (l.dims, self.cfg.heads);
+        let q = match &l.q_a {
+            Some((a, norm)) => l.q.forward(&norm.forward(&a.forward(x, ctx)?)?, ctx)?,
+            None => l.q.forward(x, ctx)?,
+        };
+        let q = q.reshape((b, t, nh, m.nope + m.rope))?.transpose(1, 2)?.contiguous()?;
+        let ckv = l.kv_a.forward(x, ctx)?;
+        let latent = l.kv_norm.forward(&ckv.narrow(2, 0, m.kv_rank)?)?;
+        let mut k_rot =
+            ckv.narrow(2, m.kv_rank, m.rope)?.reshape((b, t, 1, m.rope))?.transpose(1, 2)?.contiguous()?;
+        let kv = l.kv_b.forward(&latent, ctx)?.reshape((b, t, nh, m.nope + m.v))?.transpose(1, 2)?;
+        let mut q_rot = q.narrow(3, m.nope, m.rope)?.contiguous()?;
+        if let Some(rope) = rope {
+            q_rot = ops::rope(&q_rot, rope, offset)?;
+            k_rot = ops::rope(&k_rot, rope, offset)?;
+        }
+        let q = Tensor::cat(&[&q.narrow(3, 0, m.nope)?, &q_rot], 3)?;
+        let k_rot = k_rot.broadcast_as((b, nh, t, m.rope))?;
+        let k = Tensor::cat(&[&kv.narrow(3, 0, m.nope)?, &k_rot], 3)?.contiguous()?;
+        let v = kv.narrow(3, m.nope, m.v)?.contiguous()?;
+        Ok((q, k, v))
     }
 
     /// Attention over `x` (`[b, t, hidden]`); with `kv_source` the keys and values come from it
@@ -201,6 +292,11 @@ impl Attention {
         let (b, t, _) = x.dims3()?;
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.heads, c.kv_heads);
+        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        if let Projections::Latent(l) = &self.proj {
+            let (q, k, v) = self.latent_qkv(l, x, pos.rope, offset, ctx)?;
+            return self.attend(q, k, v, pos, cache, false, ctx);
+        }
         let (mut q, mut k, mut v) = self.project(x, kv_source, ctx)?;
         if let Some(clip) = c.clip {
             q = q.clamp(-clip, clip)?;
@@ -215,18 +311,33 @@ impl Attention {
         }
         let s_new = k.dim(1)?;
         let heads = |y: Tensor, s: usize, n: usize| y.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous();
-        let (mut q, mut k, mut v) = (heads(q, t, nh)?, heads(k, s_new, nkv)?, heads(v, s_new, nkv)?);
+        let (mut q, mut k, v) = (heads(q, t, nh)?, heads(k, s_new, nkv)?, heads(v, s_new, nkv)?);
         if c.qk_norm == QkNorm::PerHead {
             if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
                 q = qn.forward(&q)?;
                 k = kn.forward(&k)?;
             }
         }
-        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         if let Some(rope) = pos.rope {
             q = ops::rope(&q, rope, offset)?;
             k = ops::rope(&k, rope, offset)?;
         }
+        self.attend(q, k, v, pos, cache, kv_source.is_some(), ctx)
+    }
+
+    /// Caches keys and values, attends (`[b, heads, t, d]` each), merges heads, projects out.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        q: Tensor,
+        mut k: Tensor,
+        mut v: Tensor,
+        pos: AttnPos,
+        cache: Option<&mut LayerCache>,
+        cross: bool,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.cfg;
         if let Some(cache) = cache {
             if let (Some(pk), Some(pv)) = (&cache.k, &cache.v) {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -237,7 +348,7 @@ impl Attention {
         }
         let mask = AttentionMask {
             scale: c.scale,
-            causal: c.causal && kv_source.is_none(),
+            causal: c.causal && !cross,
             sliding_window: c.window,
             softcap: c.softcap,
             alibi_slopes: pos.alibi.map(|s| s.to_vec()),
@@ -247,7 +358,8 @@ impl Attention {
             Some(bias) => ops::attention_with_bias(&q, &k, &v, &mask, bias)?,
             None => ops::attention(&q, &k, &v, &mask)?,
         };
-        let y = y.transpose(1, 2)?.contiguous()?.reshape((b, t, nh * hd))?;
+        let (b, _, t, dv) = y.dims4()?;
+        let y = y.transpose(1, 2)?.contiguous()?.reshape((b, t, c.heads * dv))?;
         self.o.forward(&y, ctx)
     }
 

@@ -4,12 +4,12 @@
 
 use super::attention::{Attention, AttnConfig, AttnPaths, AttnPos, LayerCache};
 use super::dims::ModelDims;
-use super::mlp::{FeedForward, Mlp, MlpConfig, MlpPaths, Moe};
+use super::mlp::{FeedForward, Mlp, MlpConfig, MlpPaths, Moe, Routing};
 use super::norm::Norm;
-use crate::arch::{ArchSpec, MlpKind, Residual};
+use crate::arch::{ArchSpec, MlpKind, MoeRouting, Residual};
 use crate::error::Result;
 use crate::layers::{ForwardCtx, LayerFactory, Linear};
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 /// One decoder block.
 pub struct Block {
@@ -56,6 +56,7 @@ impl Block {
             softcap: d.attn_softcap,
             window: d.windows.get(layer).copied().flatten(),
             causal: true,
+            mla: d.mla,
         };
         let attn_paths = AttnPaths {
             q: p(n.q),
@@ -65,6 +66,10 @@ impl Block {
             qkv: p(n.qkv),
             q_norm: p(n.q_norm),
             k_norm: p(n.k_norm),
+            q_a: p(n.q_a),
+            q_b: p(n.q_b),
+            kv_a: p(n.kv_a),
+            kv_b: p(n.kv_b),
         };
         let dense_kind = match spec.mlp {
             MlpKind::Moe(_) => MlpKind::Gated,
@@ -80,19 +85,46 @@ impl Block {
         };
         let ff = match &d.moe {
             Some(moe) if moe.sparse_layers.get(layer).copied().unwrap_or(false) => {
+                let ep = |e: usize| p(&n.experts.replace("{e}", &e.to_string()));
                 let experts: Vec<MlpPaths> = (0..moe.experts)
                     .map(|e| {
-                        let ep = p(&n.experts.replace("{e}", &e.to_string()));
+                        let prefix = ep(e);
                         MlpPaths {
-                            gate: path(&ep, n.gate),
-                            up: path(&ep, n.up),
+                            gate: path(&prefix, n.gate),
+                            up: path(&prefix, n.up),
                             gate_up: String::new(),
-                            down: path(&ep, n.down),
+                            down: path(&prefix, n.down),
                         }
                     })
                     .collect();
-                let cfg = MlpConfig { intermediate: moe.expert_intermediate, ..mlp_cfg };
-                FeedForward::Sparse(Moe::load(f, &cfg, &p(n.router), &experts, moe.top_k, moe.renormalize)?)
+                let cfg = MlpConfig { intermediate: moe.expert_intermediate, ..mlp_cfg.clone() };
+                let shared = (moe.shared_intermediate > 0).then(|| {
+                    let sp = p(n.shared_experts);
+                    let paths = MlpPaths {
+                        gate: path(&sp, n.gate),
+                        up: path(&sp, n.up),
+                        gate_up: String::new(),
+                        down: path(&sp, n.down),
+                    };
+                    (MlpConfig { intermediate: moe.shared_intermediate, ..mlp_cfg.clone() }, paths)
+                });
+                let routing = match spec.mlp {
+                    MlpKind::Moe(MoeRouting::SigmoidGroupTopK) => Routing::GroupSigmoid {
+                        bias: f
+                            .tensor(
+                                &format!("{}.e_score_correction_bias", p(n.router)),
+                                &[moe.experts],
+                                DType::F32,
+                            )?
+                            .to_vec1::<f32>()?,
+                        groups: moe.groups,
+                        topk_group: moe.topk_group,
+                        renormalize: moe.renormalize,
+                        scale: moe.routed_scale,
+                    },
+                    _ => Routing::Softmax { renormalize: moe.renormalize },
+                };
+                FeedForward::Sparse(Moe::load(f, &cfg, &p(n.router), &experts, shared, moe.top_k, routing)?)
             }
             Some(_) => {
                 // A dense layer of a mixture-of-experts model: `mlp.{gate,up,down}`.

@@ -147,7 +147,11 @@ impl CausalLm {
         ctx: &ForwardCtx,
     ) -> candle_core::Result<Tensor> {
         let end = cache.as_ref().map(|c| c.len()).unwrap_or(0) + x.dim(1)?;
-        let pos = AttnPos { rope: self.positions.rope_for(i, end), alibi: self.positions.alibi(), ..Default::default() };
+        let pos = AttnPos {
+            rope: self.positions.rope_for(i, end),
+            alibi: self.positions.alibi(),
+            ..Default::default()
+        };
         self.blocks[i].forward(x, pos, cache, ctx)
     }
 

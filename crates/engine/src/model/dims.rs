@@ -45,6 +45,25 @@ pub struct MoeDims {
     pub renormalize: bool,
     /// Layers that use the experts (the others have a dense MLP of `intermediate`).
     pub sparse_layers: Vec<bool>,
+    /// Group-limited routing (DeepSeek): experts in `groups` groups, the best `topk_group` kept.
+    pub groups: usize,
+    pub topk_group: usize,
+    /// Multiplies the routing weights (DeepSeek `routed_scaling_factor`).
+    pub routed_scale: f64,
+    /// Width of the always-on shared experts (0: none).
+    pub shared_intermediate: usize,
+}
+
+/// Sizes of multi-head latent attention (DeepSeek-V2/V3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlaDims {
+    /// Rank of the query down-projection (None: a full `q_proj`).
+    pub q_rank: Option<usize>,
+    pub kv_rank: usize,
+    /// Per-head query/key features without and with rotation, and value features.
+    pub nope: usize,
+    pub rope: usize,
+    pub v: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +100,7 @@ pub struct ModelDims {
     /// MPT's `alibi_bias_max`.
     pub alibi_bias_max: f64,
     pub moe: Option<MoeDims>,
+    pub mla: Option<MlaDims>,
     pub eos_token_id: Option<u32>,
 }
 
@@ -162,6 +182,7 @@ impl ModelDims {
             clip_qkv: None,
             alibi_bias_max: 8.0,
             moe: None,
+            mla: None,
             eos_token_id,
         };
         d.moe = moe_dims(cfg, spec, layers)?;
@@ -261,7 +282,7 @@ fn windows(cfg: &HfConfig, spec: &ArchSpec, layers: usize) -> Result<Vec<Option<
 }
 
 fn moe_dims(cfg: &HfConfig, spec: &ArchSpec, layers: usize) -> Result<Option<MoeDims>> {
-    let MlpKind::Moe(MoeRouting::SoftmaxTopK { renormalize }) = spec.mlp else { return Ok(None) };
+    let MlpKind::Moe(routing) = spec.mlp else { return Ok(None) };
     let experts = cfg.require_usize(&["num_local_experts", "num_experts", "n_routed_experts"])?;
     let top_k = cfg.require_usize(&["num_experts_per_tok"])?;
     if top_k == 0 || top_k > experts {
@@ -271,16 +292,55 @@ fn moe_dims(cfg: &HfConfig, spec: &ArchSpec, layers: usize) -> Result<Option<Moe
     }
     let expert_intermediate =
         cfg.usize_any(&["moe_intermediate_size", "intermediate_size"])?.unwrap_or(4 * experts);
-    let renormalize = match renormalize {
-        None => true,
-        Some(key) => cfg.bool_any(&[key])?.unwrap_or(false),
+    let mut m = MoeDims {
+        experts,
+        top_k,
+        expert_intermediate,
+        renormalize: true,
+        sparse_layers: vec![true; layers],
+        groups: 1,
+        topk_group: 1,
+        routed_scale: 1.0,
+        shared_intermediate: 0,
     };
-    let step = cfg.usize_any(&["decoder_sparse_step"])?.unwrap_or(1).max(1);
-    let dense: Vec<usize> = cfg
-        .get("mlp_only_layers")
-        .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_u64().map(|n| n as usize)).collect())
-        .unwrap_or_default();
-    let sparse_layers = (0..layers).map(|i| !dense.contains(&i) && (i + 1) % step == 0).collect();
-    Ok(Some(MoeDims { experts, top_k, expert_intermediate, renormalize, sparse_layers }))
+    match routing {
+        MoeRouting::SoftmaxTopK { renormalize } => {
+            if let Some(key) = renormalize {
+                m.renormalize = cfg.bool_any(&[key])?.unwrap_or(false);
+            }
+            let step = cfg.usize_any(&["decoder_sparse_step"])?.unwrap_or(1).max(1);
+            let dense: Vec<usize> = cfg
+                .get("mlp_only_layers")
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_u64().map(|n| n as usize)).collect())
+                .unwrap_or_default();
+            m.sparse_layers = (0..layers).map(|i| !dense.contains(&i) && (i + 1) % step == 0).collect();
+        }
+        MoeRouting::SigmoidGroupTopK => {
+            m.renormalize = cfg.bool_any(&["norm_topk_prob"])?.unwrap_or(true);
+            m.groups = cfg.usize_any(&["n_group"])?.unwrap_or(1).max(1);
+            m.topk_group = cfg.usize_any(&["topk_group"])?.unwrap_or(1).max(1);
+            if experts % m.groups != 0 || m.topk_group > m.groups {
+                return Err(cfg.error(
+                    "n_group",
+                    format!(
+                        "{experts} experts cannot form {} groups of which {} are kept",
+                        m.groups, m.topk_group
+                    ),
+                ));
+            }
+            if experts / m.groups < 2 {
+                return Err(cfg.error(
+                    "n_group",
+                    "each group needs at least 2 experts (groups are ranked by their top-2 scores)",
+                ));
+            }
+            m.routed_scale = cfg.f64_any(&["routed_scaling_factor"])?.unwrap_or(1.0);
+            m.shared_intermediate = cfg.usize_any(&["n_shared_experts"])?.unwrap_or(0) * expert_intermediate;
+            let first_dense = cfg.usize_any(&["first_k_dense_replace"])?.unwrap_or(0);
+            let freq = cfg.usize_any(&["moe_layer_freq"])?.unwrap_or(1).max(1);
+            m.sparse_layers = (0..layers).map(|i| i >= first_dense && i % freq == 0).collect();
+        }
+    }
+    Ok(Some(m))
 }

@@ -1,6 +1,7 @@
 //! [`Mlp`]: the one feed-forward layer, gated (SwiGLU/GeGLU, separate or fused gate|up) or plain,
-//! with an activation enum; and [`Moe`], a sparse mixture of such MLPs with softmax top-k
-//! routing whose weights stay differentiable (experts run only on the tokens routed to them).
+//! with an activation enum; and [`Moe`], a sparse mixture of such MLPs (softmax top-k, or
+//! DeepSeek's group-limited sigmoid routing with shared experts) whose routing weights stay
+//! differentiable; experts run only on the tokens routed to them.
 
 use super::attention::load_linear;
 use super::dims::Activation;
@@ -83,32 +84,77 @@ impl Mlp {
     }
 }
 
-/// A sparse mixture of gated experts with a linear router.
+/// How a mixture of experts picks and weighs experts for a token.
+pub enum Routing {
+    /// softmax over experts, top-k, optionally renormalised.
+    Softmax { renormalize: bool },
+    /// DeepSeek-V3: sigmoid scores; the choice adds `bias` and keeps the `topk_group` groups
+    /// whose two best choices sum highest; weights are the chosen scores, optionally
+    /// renormalised, times `scale`.
+    GroupSigmoid { bias: Vec<f32>, groups: usize, topk_group: usize, renormalize: bool, scale: f64 },
+}
+
+impl Routing {
+    /// The experts chosen for each row of `probs` (`top_k` per row, row-major).
+    fn choose(&self, probs: &[Vec<f32>], top_k: usize) -> Vec<u32> {
+        let mut chosen = Vec::with_capacity(probs.len() * top_k);
+        for row in probs {
+            let choice: Vec<f32> = match self {
+                Routing::Softmax { .. } => row.clone(),
+                Routing::GroupSigmoid { bias, groups, topk_group, .. } => {
+                    let mut c: Vec<f32> = row.iter().zip(bias).map(|(s, b)| s + b).collect();
+                    let size = c.len() / groups;
+                    let group_score = |g: usize| {
+                        let mut v = c[g * size..(g + 1) * size].to_vec();
+                        v.sort_by(|a, b| b.total_cmp(a));
+                        v[0] + v[1]
+                    };
+                    let mut order: Vec<usize> = (0..*groups).collect();
+                    order.sort_by(|&a, &b| group_score(b).total_cmp(&group_score(a)).then(a.cmp(&b)));
+                    for &g in &order[*topk_group..] {
+                        c[g * size..(g + 1) * size].fill(f32::NEG_INFINITY);
+                    }
+                    c
+                }
+            };
+            let mut order: Vec<usize> = (0..choice.len()).collect();
+            order.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]).then(a.cmp(&b)));
+            chosen.extend(order[..top_k].iter().map(|&e| e as u32));
+        }
+        chosen
+    }
+}
+
+/// A sparse mixture of gated experts with a linear router, and optional shared experts.
 pub struct Moe {
     router: Box<dyn Linear>,
     experts: Vec<Mlp>,
+    shared: Option<Mlp>,
     top_k: usize,
-    renormalize: bool,
+    routing: Routing,
     paths: Vec<String>,
 }
 
 impl Moe {
-    /// `router` is the router's path; `expert_paths[e]` the paths of expert `e`.
+    /// `router` is the router's path; `expert_paths[e]` the paths of expert `e`; `shared` the
+    /// configuration and paths of the shared experts.
     pub fn load(
         f: &LayerFactory,
         c: &MlpConfig,
         router: &str,
         expert_paths: &[MlpPaths],
+        shared: Option<(MlpConfig, MlpPaths)>,
         top_k: usize,
-        renormalize: bool,
+        routing: Routing,
     ) -> Result<Self> {
         let router_layer = load_linear(f, c.weight_layout, router, c.hidden, expert_paths.len(), false)?;
         let experts = expert_paths.iter().map(|p| Mlp::load(f, c, p)).collect::<Result<Vec<_>>>()?;
+        let shared = shared.map(|(sc, sp)| Mlp::load(f, &sc, &sp)).transpose()?;
         let mut paths = vec![router.to_string()];
-        for e in &experts {
+        for e in experts.iter().chain(shared.iter()) {
             paths.extend(e.paths.iter().cloned());
         }
-        Ok(Self { router: router_layer, experts, top_k, renormalize, paths })
+        Ok(Self { router: router_layer, experts, shared, top_k, routing, paths })
     }
 
     pub fn paths(&self) -> &[String] {
@@ -117,7 +163,7 @@ impl Moe {
 
     pub fn linears(&self) -> Vec<&dyn Linear> {
         let mut v: Vec<&dyn Linear> = vec![self.router.as_ref()];
-        for e in &self.experts {
+        for e in self.experts.iter().chain(self.shared.iter()) {
             v.extend(e.linears());
         }
         v
@@ -128,20 +174,24 @@ impl Moe {
         let hidden = dims[dims.len() - 1];
         let n = x.elem_count() / hidden;
         let xf = x.reshape((n, hidden))?;
-        let probs =
-            candle_nn::ops::softmax(&self.router.forward(&xf, ctx)?.to_dtype(DType::F32)?, D::Minus1)?;
-        // Top-k on the host (the choice is not differentiated; the chosen weights are).
-        let host = probs.to_vec2::<f32>()?;
-        let mut chosen = Vec::with_capacity(n * self.top_k);
-        for row in &host {
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            chosen.extend(order[..self.top_k].iter().map(|&e| e as u32));
-        }
+        let logits = self.router.forward(&xf, ctx)?.to_dtype(DType::F32)?;
+        let probs = match &self.routing {
+            Routing::Softmax { .. } => candle_nn::ops::softmax(&logits, D::Minus1)?,
+            Routing::GroupSigmoid { .. } => candle_nn::ops::sigmoid(&logits)?,
+        };
+        // The choice is made on the host and not differentiated; the chosen weights are.
+        let chosen = self.routing.choose(&probs.to_vec2::<f32>()?, self.top_k);
         let idx = Tensor::from_vec(chosen.clone(), (n, self.top_k), x.device())?;
         let mut weights = probs.gather(&idx, 1)?;
-        if self.renormalize {
-            weights = weights.broadcast_div(&weights.sum_keepdim(1)?)?;
+        let (renormalize, eps, scale) = match &self.routing {
+            Routing::Softmax { renormalize } => (*renormalize, 0.0, 1.0),
+            Routing::GroupSigmoid { renormalize, scale, .. } => (*renormalize, 1e-20, *scale),
+        };
+        if renormalize {
+            weights = weights.broadcast_div(&(weights.sum_keepdim(1)? + eps)?)?;
+        }
+        if scale != 1.0 {
+            weights = (weights * scale)?;
         }
         let weights = weights.to_dtype(x.dtype())?.flatten_all()?;
         let mut out = Tensor::zeros((n, hidden), x.dtype(), x.device())?;
@@ -157,6 +207,9 @@ impl Moe {
             let y = expert.forward(&xf.index_select(&tok, 0)?, ctx)?;
             let w = weights.index_select(&slot, 0)?.unsqueeze(1)?;
             out = out.index_add(&tok, &y.broadcast_mul(&w)?, 0)?;
+        }
+        if let Some(shared) = &self.shared {
+            out = (out + shared.forward(&xf, ctx)?)?;
         }
         out.reshape(dims)
     }

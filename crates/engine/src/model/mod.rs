@@ -15,7 +15,7 @@ mod weights;
 pub use attention::LayerCache;
 pub use config::{HfConfig, RopeParams, RopeScaling, rope_inv_freq};
 pub use decoder::{CausalLm, next_token_targets};
-pub use dims::{Activation, ModelDims, MoeDims};
+pub use dims::{Activation, MlaDims, ModelDims, MoeDims};
 pub use positions::{alibi_slopes, t5_bucket};
 pub use seq2seq::{Seq2SeqBatch, Seq2SeqDims, Seq2SeqLm, shift_right};
 pub use weights::{SafetensorsWeights, WeightSource};

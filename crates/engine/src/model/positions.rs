@@ -21,9 +21,16 @@ pub struct RopeSet {
 pub enum Positions {
     None,
     /// Sets shared between layers with equal parameters; `per_layer[i]` indexes `sets`.
-    Rope { sets: Vec<Arc<RopeSet>>, per_layer: Vec<usize> },
+    Rope {
+        sets: Vec<Arc<RopeSet>>,
+        per_layer: Vec<usize>,
+    },
     Alibi(Vec<f32>),
-    Learned { table: Param, offset: usize, path: String },
+    Learned {
+        table: Param,
+        offset: usize,
+        path: String,
+    },
 }
 
 impl Positions {
@@ -49,7 +56,10 @@ impl Positions {
                     };
                     let set = match &p.scaling {
                         RopeScaling::LongRope { original_max, .. } if max_positions > *original_max => {
-                            RopeSet { short: tables(*original_max)?, long: Some((*original_max, tables(max_positions)?)) }
+                            RopeSet {
+                                short: tables(*original_max)?,
+                                long: Some((*original_max, tables(max_positions)?)),
+                            }
                         }
                         _ => RopeSet { short: tables(max_positions)?, long: None },
                     };

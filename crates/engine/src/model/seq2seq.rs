@@ -234,6 +234,7 @@ impl Stack {
             softcap: None,
             window: None,
             causal: decoder,
+            mla: None,
         };
         let mlp_cfg = MlpConfig {
             hidden: d.hidden,
