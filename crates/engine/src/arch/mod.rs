@@ -1,16 +1,19 @@
 //! Architectures are data: one [`ArchSpec`] row per family says how its weights are named and
 //! which mechanisms it uses; one generic decoder ([`crate::model::CausalLm`]) runs them all, and
 //! one encoder-decoder ([`crate::model::Seq2SeqLm`]) runs T5 and BART from the same pieces.
-//! Adding a family is a row in [`table`] (native transformers families) or `remote`
-//! (`trust_remote_code` layouts mapped onto the same mechanisms) plus a parity fixture. Where a
+//! Adding a family is a row in `table` (native transformers families), `moe` (mixtures of
+//! experts), `remote` (`trust_remote_code` layouts mapped onto the same mechanisms) or `seq2seq`,
+//! plus a parity fixture; docs/architectures.md lists each row and its proof. Where a
 //! family's structure depends on its `config.json` (Falcon's three layouts, NeoX's parallel
 //! residual), the row names a small [`Resolve`] hook (in `hooks`).
 
 mod hooks;
+mod moe;
 mod remote;
 mod seq2seq;
 mod table;
 
+pub use moe::{DEEPSEEK_V3, MIXTRAL, QWEN3_MOE};
 pub use remote::{BAICHUAN, BAICHUAN_13B, CHATGLM, INTERNLM2};
 pub use seq2seq::{BART, LayerNames, NormPlacement, Seq2SeqPositions, Seq2SeqSpec, StackNames, T5};
 pub use table::{FAMILIES, Family, SEQ2SEQ_FAMILIES, detect, resolve, supported_families};
