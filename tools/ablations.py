@@ -35,7 +35,7 @@ ABLATIONS = [
  ("learned offset", "model/positions.rs", "table.tensor().narrow(0, start + offset, seq)", "table.tensor().narrow(0, start, seq)", "opt_logits"),
  ("partial rotary as full", "model/positions.rs", "let rot = ((head_dim as f64 * p.partial_factor) as usize) & !1;", "let rot = head_dim;", "phi_logits gpt_neox_logits stablelm_logits glm_logits"),
  ("interleaved as half-split", "model/decoder.rs", "Positions::rope(&dims.rope, dims.head_dim, dims.max_positions, layout, f)?", "Positions::rope(&dims.rope, dims.head_dim, dims.max_positions, crate::ops::RopeLayout::HalfSplit, f)?", "glm_logits glm4_logits"),
- ("moe renormalize", "model/mlp.rs", "if self.renormalize {", "if false {", "mixtral_logits qwen3_moe_logits"),
+ ("moe renormalize", "model/mlp.rs", "if renormalize {", "if false {", "mixtral_logits qwen3_moe_logits"),
  ("qk norm per head off", "model/attention.rs", "if c.qk_norm == QkNorm::PerHead {", "if false {", "qwen3_logits gemma3_text_logits"),
  ("qk norm full off", "model/attention.rs", "if c.qk_norm == QkNorm::Full {", "if false {", "olmo2_logits"),
  ("embed scale", "model/decoder.rs", "if let Some(s) = self.dims.embed_scale {", "if let Some(s) = None::<f64> {", "gemma_logits granite_logits"),

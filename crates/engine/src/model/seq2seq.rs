@@ -625,7 +625,17 @@ impl LanguageModel for Seq2SeqLm {
         shared + self.linears().iter().map(|(_, l)| l.base_bytes()).sum::<usize>()
     }
 
+    /// Base parameters: embeddings, every projection (with bias) and the head; norms and
+    /// position tables are left out (they are a rounding error at real sizes).
     fn parameter_count(&self) -> usize {
-        self.merged_weights().map(|w| w.iter().map(|(_, t)| t.elem_count()).sum()).unwrap_or(0)
+        let linears: usize = self
+            .linears()
+            .iter()
+            .map(|(_, l)| {
+                let (i, o) = l.dims();
+                i * o + l.bias().map(|b| b.elem_count()).unwrap_or(0)
+            })
+            .sum();
+        self.shared.tensor().elem_count() + linears
     }
 }
