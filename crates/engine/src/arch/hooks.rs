@@ -156,14 +156,14 @@ pub(super) fn opt(cfg: &HfConfig, _spec: &mut ArchSpec, d: &mut ModelDims) -> Re
     if !cfg.bool_any(&["layer_norm_elementwise_affine"])?.unwrap_or(true) {
         return Err(unsupported(cfg, "layer_norm_elementwise_affine", "OPT LayerNorms without weights"));
     }
-    if let Some(p) = cfg.usize_any(&["word_embed_proj_dim"])? {
-        if p != d.hidden {
-            return Err(unsupported(
-                cfg,
-                "word_embed_proj_dim",
-                "an embedding projection (word_embed_proj_dim ≠ hidden_size)",
-            ));
-        }
+    if let Some(p) = cfg.usize_any(&["word_embed_proj_dim"])?
+        && p != d.hidden
+    {
+        return Err(unsupported(
+            cfg,
+            "word_embed_proj_dim",
+            "an embedding projection (word_embed_proj_dim ≠ hidden_size)",
+        ));
     }
     d.kv_heads = d.heads;
     Ok(())
@@ -233,7 +233,7 @@ pub(super) fn deepseek_v3(cfg: &HfConfig, spec: &mut ArchSpec, d: &mut ModelDims
         rope: cfg.require_usize(&["qk_rope_head_dim"])?,
         v: cfg.require_usize(&["v_head_dim"])?,
     };
-    if mla.rope % 2 != 0 {
+    if !mla.rope.is_multiple_of(2) {
         return Err(cfg.error("qk_rope_head_dim", "must be even"));
     }
     d.mla = Some(mla);
@@ -245,11 +245,11 @@ pub(super) fn deepseek_v3(cfg: &HfConfig, spec: &mut ArchSpec, d: &mut ModelDims
     let mut scale = 1.0 / ((mla.nope + mla.rope) as f64).sqrt();
     if let crate::model::RopeScaling::Yarn { factor, mscale_all_dim: Some(all), .. } =
         cfg.rope(spec.default_theta, None)?.scaling
+        && all != 0.0
+        && factor > 1.0
     {
-        if all != 0.0 && factor > 1.0 {
-            let m = 0.1 * all * factor.ln() + 1.0;
-            scale *= m * m;
-        }
+        let m = 0.1 * all * factor.ln() + 1.0;
+        scale *= m * m;
     }
     d.attn_scale = scale;
     Ok(())

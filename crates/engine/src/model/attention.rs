@@ -303,20 +303,20 @@ impl Attention {
             k = k.clamp(-clip, clip)?;
             v = v.clamp(-clip, clip)?;
         }
-        if c.qk_norm == QkNorm::Full {
-            if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-                q = qn.forward(&q)?;
-                k = kn.forward(&k)?;
-            }
+        if c.qk_norm == QkNorm::Full
+            && let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm)
+        {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
         }
         let s_new = k.dim(1)?;
         let heads = |y: Tensor, s: usize, n: usize| y.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous();
         let (mut q, mut k, v) = (heads(q, t, nh)?, heads(k, s_new, nkv)?, heads(v, s_new, nkv)?);
-        if c.qk_norm == QkNorm::PerHead {
-            if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-                q = qn.forward(&q)?;
-                k = kn.forward(&k)?;
-            }
+        if c.qk_norm == QkNorm::PerHead
+            && let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm)
+        {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
         }
         if let Some(rope) = pos.rope {
             q = ops::rope(&q, rope, offset)?;

@@ -189,7 +189,7 @@ impl ModelDims {
         if let Some(hook) = spec.resolve {
             hook(cfg, spec, &mut d)?;
         }
-        if d.kv_heads == 0 || d.heads % d.kv_heads != 0 {
+        if d.kv_heads == 0 || !d.heads.is_multiple_of(d.kv_heads) {
             return Err(cfg.error(
                 "num_key_value_heads",
                 format!("{} does not divide {} attention heads", d.kv_heads, d.heads),

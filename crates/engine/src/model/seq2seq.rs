@@ -48,18 +48,16 @@ impl Seq2SeqDims {
     pub fn from_config(cfg: &HfConfig, spec: &Seq2SeqSpec) -> Result<Self> {
         let hidden = cfg.require_usize(&["d_model", "hidden_size"])?;
         let heads = cfg.require_usize(&["num_heads", "encoder_attention_heads", "num_attention_heads"])?;
-        if let Some(dh) = cfg.usize_any(&["decoder_attention_heads"])? {
-            if dh != heads {
-                return Err(
-                    cfg.error("decoder_attention_heads", "encoder and decoder head counts must match")
-                );
-            }
+        if let Some(dh) = cfg.usize_any(&["decoder_attention_heads"])?
+            && dh != heads
+        {
+            return Err(cfg.error("decoder_attention_heads", "encoder and decoder head counts must match"));
         }
         let ff = cfg.require_usize(&["d_ff", "encoder_ffn_dim"])?;
-        if let Some(df) = cfg.usize_any(&["decoder_ffn_dim"])? {
-            if df != ff {
-                return Err(cfg.error("decoder_ffn_dim", "encoder and decoder MLP sizes must match"));
-            }
+        if let Some(df) = cfg.usize_any(&["decoder_ffn_dim"])?
+            && df != ff
+        {
+            return Err(cfg.error("decoder_ffn_dim", "encoder and decoder MLP sizes must match"));
         }
         let encoder_layers = cfg.require_usize(&["num_layers", "encoder_layers"])?;
         let decoder_layers =
