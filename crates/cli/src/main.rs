@@ -24,6 +24,10 @@ enum Command {
     Generate(commands::generate::Args),
     /// Fold an adapter into its base model and write a Hugging Face folder.
     Merge(commands::merge::Args),
+    /// Run the studio: HTTP API, live events and web UI.
+    Serve(commands::serve::Args),
+    /// Run one job for the studio (NDJSON events on stdout); started by `serve`.
+    Worker(commands::worker::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +39,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval::run(a),
         Command::Generate(a) => commands::generate::run(a),
         Command::Merge(a) => commands::merge::run(a),
+        Command::Serve(a) => commands::serve::run(a),
+        Command::Worker(a) => commands::worker::run(a),
     });
     let result = match run.map(|h| h.join()) {
         Ok(Ok(r)) => r,

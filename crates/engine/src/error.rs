@@ -35,6 +35,10 @@ pub enum EngineError {
     #[error("training interrupted")]
     Interrupted,
 
+    /// The device (or the host) ran out of memory; the studio retries with a smaller micro-batch.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+
     #[error("{0}")]
     Candle(candle_core::Error),
 

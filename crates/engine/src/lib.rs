@@ -13,6 +13,7 @@ pub mod export;
 pub mod fsutil;
 pub mod generate;
 pub mod layers;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod peft;

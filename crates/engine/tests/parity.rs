@@ -428,3 +428,25 @@ fn deepseek_v3_logits_and_loss() {
 fn deepseek_v3_lora_gradients_match_peft() {
     check_lora("deepseek_v3");
 }
+
+/// Adapters written by our trainer, loaded by PEFT (tools/fixtures/make_roundtrip.sh): PEFT
+/// matched every tensor to a module and its logits equal ours.
+#[test]
+fn adapter_written_by_us_loads_in_peft() {
+    for family in ["llama", "qwen2"] {
+        let dir = fixtures().join("roundtrip");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{family}-peft.json"))).unwrap()).unwrap();
+        assert_eq!(report["missing_adapter_keys"].as_array().map(Vec::len), Some(0), "{family}: {report}");
+        assert_eq!(report["unexpected_adapter_keys"].as_array().map(Vec::len), Some(0), "{family}: {report}");
+        let adapter = PeftAdapter::read(&dir.join(format!("{family}-adapter"))).unwrap();
+        assert_eq!(report["adapter_tensors"].as_u64(), Some(2 * adapter.modules.len() as u64));
+        let model = load_causal_lm(&model_dir(family), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu).unwrap();
+        let r = reference(family);
+        let (b, t) = r["input_ids"].dims2().unwrap();
+        let ours = model.forward_logits(&ids(&r["input_ids"]), b, t).unwrap();
+        let peft = candle_core::safetensors::load(dir.join(format!("{family}-peft-logits.safetensors")), &Device::Cpu).unwrap();
+        let d = rel_diff(&ours, &peft["logits"]);
+        assert!(d < TOL, "{family}: PEFT's logits for our adapter differ from ours by {d}");
+    }
+}

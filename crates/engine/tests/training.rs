@@ -137,7 +137,7 @@ fn fresh_lora_equals_base_and_merged_equals_unmerged() {
     let fresh = load_causal_lm(&model_dir("llama"), plan, DType::F32, &Device::Cpu).unwrap();
     assert_eq!(fresh.adapted.len(), 14);
     let d = rel_diff(&fresh.forward_logits(&input, b, t).unwrap(), &r["logits"]);
-    assert!(d < 1e-6, "fresh adapter changed the logits by {d}");
+    assert!(d < 1e-5, "fresh adapter changed the logits by {d}");
 
     // Merging the PEFT fixture adapter gives the adapted logits without an adapter.
     let tmp = tempfile::tempdir().unwrap();
@@ -215,4 +215,22 @@ fn greedy_generation_matches_transformers() {
     let opts = finetune_engine::generate::GenerateOptions { max_new_tokens: 8, ..Default::default() };
     let out = finetune_engine::generate::generate(&model, &ids(&r["prompt_ids"]), &opts).unwrap();
     assert_eq!(out, ids(&r["generated_ids"]));
+}
+
+#[test]
+fn half_precision_compute_with_f32_adapters_tracks_f32() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = reference_dataset("llama", tmp.path());
+    let init = format!("lora.init_from=\"{}\"", adapter_dir("llama").display());
+    let f32_losses = step_losses(&run(&config("llama", &data, &["train.max_steps=5", &init]), &tmp.path().join("f32")));
+    for dtype in ["bf16", "f16"] {
+        let set = format!("model.dtype=\"{dtype}\"");
+        let losses = step_losses(&run(&config("llama", &data, &["train.max_steps=5", &init, &set]), &tmp.path().join(dtype)));
+        for (a, b) in losses.iter().zip(&f32_losses) {
+            assert!((a - b).abs() < 2e-2 * b.abs(), "{dtype}: {losses:?} vs f32 {f32_losses:?}");
+        }
+        // The adapter stays f32 whatever the compute dtype.
+        let saved = candle_core::safetensors::load(tmp.path().join(dtype).join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+        assert!(saved.values().all(|t| t.dtype() == DType::F32));
+    }
 }

@@ -3,7 +3,9 @@
 pub mod eval;
 pub mod generate;
 pub mod merge;
+pub mod serve;
 pub mod train;
+pub mod worker;
 
 use anyhow::Context;
 use finetune_engine::config::TrainConfig;

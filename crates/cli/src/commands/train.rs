@@ -3,7 +3,7 @@
 
 use crate::progress::Progress;
 use clap::Args as ClapArgs;
-use finetune_engine::train::{Interrupter, TrainEvent, TrainStatus, train};
+use finetune_engine::train::{Interrupter, RunOptions, TrainEvent, TrainStatus, train_with};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,6 +30,9 @@ pub struct Args {
     /// Continue from the newest checkpoint in the output folder (with its saved config).
     #[arg(long)]
     resume: bool,
+    /// With --resume: continue even if settings that change the result differ from the checkpoint's.
+    #[arg(long, requires = "resume")]
+    force: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -60,7 +63,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             progress.on_event(e);
         }
     };
-    let outcome = train(&cfg, &a.output, a.resume, &mut sink, &stop);
+    let outcome = train_with(&cfg, &a.output, RunOptions { resume: a.resume, force: a.force }, &mut sink, &stop);
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {

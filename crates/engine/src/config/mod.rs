@@ -2,8 +2,10 @@
 //! of the studio's create-job request all land in one [`TrainConfig`]. Unknown keys, wrong types
 //! and out-of-range values are errors that name the key (`train.lr`) and what is allowed.
 
+mod diff;
 mod validate;
 
+pub use diff::result_affecting_changes;
 pub use validate::FieldError;
 
 use crate::error::{EngineError, Result};

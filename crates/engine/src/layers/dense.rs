@@ -2,8 +2,9 @@
 //! ever computed for its weight) or trainable (full fine-tuning: the weight is a `Var`).
 
 use super::{ForwardCtx, Linear};
-use crate::ops::frozen_matmul;
-use candle_core::{Result, Tensor, Var};
+use crate::ops::{DenseKernel, FrozenKernel, frozen_matmul};
+use candle_core::{DType, Device, Result, Tensor, Var};
+use std::sync::Arc;
 
 pub enum DenseLinear {
     Frozen { weight: Tensor, bias: Option<Tensor> },
@@ -75,6 +76,15 @@ impl Linear for DenseLinear {
         match self {
             Self::Frozen { bias, .. } => bias.clone(),
             Self::Trainable { bias, .. } => bias.as_ref().map(|b| b.as_tensor().detach()),
+        }
+    }
+
+    fn cpu_kernel(&self) -> Option<Arc<dyn FrozenKernel>> {
+        match self {
+            Self::Frozen { weight, bias } if matches!(weight.device(), Device::Cpu) && weight.dtype() == DType::F32 => {
+                Some(Arc::new(DenseKernel { weight: weight.clone(), bias: bias.clone() }))
+            }
+            _ => None,
         }
     }
 

@@ -2,8 +2,9 @@
 //! adapter kept in f32 whatever the base dtype (PEFT casts the input to the adapter's dtype too).
 
 use super::{ForwardCtx, Linear};
+use crate::ops::{self, DropoutSpec};
 use crate::rng::Rng;
-use candle_core::{DType, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 
 pub struct LoraLinear {
     pub base: Box<dyn Linear>,
@@ -15,25 +16,6 @@ pub struct LoraLinear {
     pub dropout: f64,
     /// Key of this module's dropout stream.
     pub key: u64,
-}
-
-/// A dropout mask (values 0 or 1/(1-p)) from a seeded stream; 16 random bits per element.
-pub fn dropout_mask(shape: &[usize], p: f64, rng: &mut Rng) -> Vec<f32> {
-    let n: usize = shape.iter().product();
-    let threshold = (p * 65536.0).round() as u64;
-    let keep = (1.0 / (1.0 - p)) as f32;
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let r = rng.next_u64();
-        for k in 0..4 {
-            if out.len() == n {
-                break;
-            }
-            let bits = (r >> (16 * k)) & 0xffff;
-            out.push(if bits < threshold { 0.0 } else { keep });
-        }
-    }
-    out
 }
 
 impl LoraLinear {
@@ -50,16 +32,22 @@ impl LoraLinear {
 
 impl Linear for LoraLinear {
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let y = self.base.forward(x, ctx)?;
         let a = self.a.as_tensor();
+        let dropout = (ctx.train && self.dropout > 0.0)
+            .then_some(DropoutSpec { p: self.dropout, seed: ctx.seed, keys: [Rng::key("lora-dropout"), ctx.pass, self.key] });
+        if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && a.dtype() == DType::F32 {
+            if let Some(kernel) = self.base.cpu_kernel() {
+                return ops::lora_linear(x, a, self.b.as_tensor(), kernel, self.scale, dropout);
+            }
+        }
+        let y = self.base.forward(x, ctx)?;
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim;
         let mut xa = x.to_dtype(a.dtype())?.reshape((rows, in_dim))?;
-        if ctx.train && self.dropout > 0.0 {
-            let mut rng = Rng::stream(ctx.seed, &[Rng::key("lora-dropout"), ctx.pass, self.key]);
-            let mask = dropout_mask(&[rows, in_dim], self.dropout, &mut rng);
-            xa = (xa * Tensor::from_vec(mask, (rows, in_dim), x.device())?.to_dtype(a.dtype())?)?;
+        if let Some(d) = dropout {
+            let mask = Tensor::from_vec(d.mask(rows * in_dim), (rows, in_dim), x.device())?;
+            xa = (xa * mask.to_dtype(a.dtype())?)?;
         }
         let z = xa.matmul(&a.t()?)?.matmul(&self.b.as_tensor().t()?)?;
         let z = (z * self.scale)?.reshape(y.dims())?.to_dtype(y.dtype())?;
@@ -100,7 +88,7 @@ mod tests {
     #[test]
     fn dropout_mask_keeps_the_right_fraction() {
         let mut rng = Rng::new(1);
-        let m = dropout_mask(&[100, 100], 0.25, &mut rng);
+        let m = ops::dropout_mask(10000, 0.25, &mut rng);
         let dropped = m.iter().filter(|&&v| v == 0.0).count() as f64 / m.len() as f64;
         assert!((dropped - 0.25).abs() < 0.02, "{dropped}");
         assert!(m.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));

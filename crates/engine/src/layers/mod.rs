@@ -8,9 +8,11 @@ mod lora;
 
 pub use dense::DenseLinear;
 pub use factory::{AdapterPlan, LayerFactory, Param, TargetSet, peft_name};
-pub use lora::{LoraLinear, dropout_mask};
+pub use lora::LoraLinear;
 
+use crate::ops::FrozenKernel;
 use candle_core::{Result, Tensor, Var};
+use std::sync::Arc;
 
 /// Per-forward settings that layers may need (dropout is on only in training; its masks are
 /// drawn from a stream keyed by seed and step so recomputation and resume redraw the same ones).
@@ -41,6 +43,10 @@ pub trait Linear: Send + Sync {
     /// Bytes held by the frozen base.
     fn base_bytes(&self) -> usize;
     fn as_lora(&self) -> Option<&LoraLinear> {
+        None
+    }
+    /// A CPU f32 kernel of this frozen base, which lets LoRA fuse base and adapter in one op.
+    fn cpu_kernel(&self) -> Option<Arc<dyn FrozenKernel>> {
         None
     }
 }

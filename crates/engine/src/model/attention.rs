@@ -20,7 +20,7 @@ pub struct LayerCache {
 
 impl LayerCache {
     pub fn len(&self) -> usize {
-        self.k.as_ref().and_then(|k| k.dim(2).ok()).unwrap_or(0)
+        self.k.as_ref().and_then(|k| k.dim(1).ok()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -245,7 +245,7 @@ impl Attention {
         }
     }
 
-    /// Multi-head latent attention's q, k, v as `[b, heads, t, d]`, RoPE applied to the rotary
+    /// Multi-head latent attention's q, k, v as `[b, t, heads, d]`, RoPE applied to the rotary
     /// slice of each query head and to the one rotary key all heads share.
     fn latent_qkv(
         &self,
@@ -261,19 +261,18 @@ impl Attention {
             Some((a, norm)) => l.q.forward(&norm.forward(&a.forward(x, ctx)?)?, ctx)?,
             None => l.q.forward(x, ctx)?,
         };
-        let q = q.reshape((b, t, nh, m.nope + m.rope))?.transpose(1, 2)?.contiguous()?;
+        let q = q.contiguous()?.reshape((b, t, nh, m.nope + m.rope))?;
         let ckv = l.kv_a.forward(x, ctx)?;
         let latent = l.kv_norm.forward(&ckv.narrow(2, 0, m.kv_rank)?)?;
-        let mut k_rot =
-            ckv.narrow(2, m.kv_rank, m.rope)?.reshape((b, t, 1, m.rope))?.transpose(1, 2)?.contiguous()?;
-        let kv = l.kv_b.forward(&latent, ctx)?.reshape((b, t, nh, m.nope + m.v))?.transpose(1, 2)?;
+        let mut k_rot = ckv.narrow(2, m.kv_rank, m.rope)?.contiguous()?.reshape((b, t, 1, m.rope))?;
+        let kv = l.kv_b.forward(&latent, ctx)?.contiguous()?.reshape((b, t, nh, m.nope + m.v))?;
         let mut q_rot = q.narrow(3, m.nope, m.rope)?.contiguous()?;
         if let Some(rope) = rope {
             q_rot = ops::rope(&q_rot, rope, offset)?;
             k_rot = ops::rope(&k_rot, rope, offset)?;
         }
         let q = Tensor::cat(&[&q.narrow(3, 0, m.nope)?, &q_rot], 3)?;
-        let k_rot = k_rot.broadcast_as((b, nh, t, m.rope))?;
+        let k_rot = k_rot.broadcast_as((b, t, nh, m.rope))?;
         let k = Tensor::cat(&[&kv.narrow(3, 0, m.nope)?, &k_rot], 3)?.contiguous()?;
         let v = kv.narrow(3, m.nope, m.v)?.contiguous()?;
         Ok((q, k, v))
@@ -310,7 +309,8 @@ impl Attention {
             k = kn.forward(&k)?;
         }
         let s_new = k.dim(1)?;
-        let heads = |y: Tensor, s: usize, n: usize| y.reshape((b, s, n, hd))?.transpose(1, 2)?.contiguous();
+        // [b, t, heads, head_dim]: the layout rope and attention work in, no transposed copies.
+        let heads = |y: Tensor, s: usize, n: usize| y.contiguous()?.reshape((b, s, n, hd));
         let (mut q, mut k, v) = (heads(q, t, nh)?, heads(k, s_new, nkv)?, heads(v, s_new, nkv)?);
         if c.qk_norm == QkNorm::PerHead
             && let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm)
@@ -325,7 +325,7 @@ impl Attention {
         self.attend(q, k, v, pos, cache, kv_source.is_some(), ctx)
     }
 
-    /// Caches keys and values, attends (`[b, heads, t, d]` each), merges heads, projects out.
+    /// Caches keys and values, attends (`[b, t, heads, d]` each), merges heads, projects out.
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
@@ -340,8 +340,8 @@ impl Attention {
         let c = &self.cfg;
         if let Some(cache) = cache {
             if let (Some(pk), Some(pv)) = (&cache.k, &cache.v) {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
+                k = Tensor::cat(&[pk, &k], 1)?;
+                v = Tensor::cat(&[pv, &v], 1)?;
             }
             cache.k = Some(k.clone());
             cache.v = Some(v.clone());
@@ -358,8 +358,8 @@ impl Attention {
             Some(bias) => ops::attention_with_bias(&q, &k, &v, &mask, bias)?,
             None => ops::attention(&q, &k, &v, &mask)?,
         };
-        let (b, _, t, dv) = y.dims4()?;
-        let y = y.transpose(1, 2)?.contiguous()?.reshape((b, t, c.heads * dv))?;
+        let (b, t, _, dv) = y.dims4()?;
+        let y = y.reshape((b, t, c.heads * dv))?;
         self.o.forward(&y, ctx)
     }
 

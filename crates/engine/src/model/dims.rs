@@ -25,6 +25,15 @@ impl Activation {
         })
     }
 
+    /// The fused kernel for `act(gate) * up`, when this activation has one.
+    pub fn fused_gate(&self) -> Option<crate::ops::GateAct> {
+        match self {
+            Self::Silu => Some(crate::ops::GateAct::Silu),
+            Self::GeluTanh => Some(crate::ops::GateAct::GeluTanh),
+            _ => None,
+        }
+    }
+
     pub fn apply(&self, x: &candle_core::Tensor) -> candle_core::Result<candle_core::Tensor> {
         match self {
             Self::Silu => candle_nn::ops::silu(x),

@@ -69,14 +69,16 @@ impl Mlp {
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
+        let gated = |g: Tensor, u: Tensor| match self.act.fused_gate() {
+            Some(act) => crate::ops::gated(&g, &u, act),
+            None => self.act.apply(&g)? * u,
+        };
         let h = match (self.kind, &self.gate) {
-            (MlpKind::Gated, Some(gate)) => {
-                (self.act.apply(&gate.forward(x, ctx)?)? * self.up.forward(x, ctx)?)?
-            }
+            (MlpKind::Gated, Some(gate)) => gated(gate.forward(x, ctx)?, self.up.forward(x, ctx)?)?,
             (MlpKind::FusedGated, _) => {
                 let y = self.up.forward(x, ctx)?;
                 let n = self.intermediate;
-                (self.act.apply(&y.narrow(D::Minus1, 0, n)?)? * y.narrow(D::Minus1, n, n)?)?
+                gated(y.narrow(D::Minus1, 0, n)?, y.narrow(D::Minus1, n, n)?)?
             }
             _ => self.act.apply(&self.up.forward(x, ctx)?)?,
         };

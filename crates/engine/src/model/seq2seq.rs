@@ -118,6 +118,20 @@ impl Seq2SeqDims {
     }
 }
 
+impl Seq2SeqDims {
+    /// Parameters of the model (embeddings once; norms and position tables left out).
+    pub fn parameter_count(&self) -> usize {
+        let inner = self.heads * self.head_dim;
+        let attn = 4 * self.hidden * inner;
+        let mlp = (if self.gated { 3 } else { 2 }) * self.hidden * self.ff;
+        let head = if self.tie_embeddings { 0 } else { self.vocab * self.hidden };
+        self.vocab * self.hidden
+            + head
+            + self.encoder_layers * (attn + mlp)
+            + self.decoder_layers * (2 * attn + mlp)
+    }
+}
+
 /// Decoder inputs from labels: `[start, labels[..-1]]` with -100 replaced by the pad id.
 pub fn shift_right(labels: &[i64], batch: usize, seq: usize, start: u32, pad: u32) -> Vec<u32> {
     let mut out = Vec::with_capacity(batch * seq);

@@ -96,8 +96,16 @@ impl SafetensorsWeights {
             // SAFETY: the map is read-only; a file truncated under us by another process would be a
             // bug of that process, and every read below is bounds-checked against the map length.
             let map = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map)
-                .map_err(|e| EngineError::file(path, format!("not a valid safetensors file: {e}")))?;
+            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
+                match first_truncated_tensor(&map) {
+                    Some(name) => EngineError::tensor(
+                        path,
+                        name,
+                        "its data lies past the end of the file (truncated download or copy?)",
+                    ),
+                    None => EngineError::file(path, format!("not a valid safetensors file: {e}")),
+                }
+            })?;
             let data_start = 8 + header_len;
             for (name, info) in meta.tensors() {
                 let dtype = st_dtype(info.dtype)
@@ -132,6 +140,35 @@ impl SafetensorsWeights {
     }
 }
 
+/// For a file whose header parses but whose data is short: the first tensor that does not fit.
+fn first_truncated_tensor(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    let available = bytes.len() - 8 - n;
+    let mut tensors: Vec<(usize, &String)> = header
+        .as_object()?
+        .iter()
+        .filter_map(|(name, v)| Some((v.get("data_offsets")?.get(1)?.as_u64()? as usize, name)))
+        .collect();
+    tensors.sort();
+    tensors.into_iter().find(|(end, _)| *end > available).map(|(_, name)| name.clone())
+}
+
+/// Drops the page-cache pages of a tensor we have copied out from this process's resident set,
+/// so loading a model does not count its weights twice (mapped file + our copy).
+fn release_pages(map: &Mmap, start: usize, end: usize) {
+    #[cfg(unix)]
+    {
+        const PAGE: usize = 4096;
+        let (a, b) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
+        if b > a {
+            // SAFETY: the map is a read-only private file mapping; MADV_DONTNEED only drops pages,
+            // which the kernel re-reads from the file if they are touched again.
+            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a) };
+        }
+    }
+}
+
 impl WeightSource for SafetensorsWeights {
     fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
@@ -150,7 +187,9 @@ impl WeightSource for SafetensorsWeights {
         let t = Tensor::from_raw_buffer(bytes, e.dtype, &e.shape, &Device::Cpu)
             .map_err(|err| EngineError::tensor(&self.files[e.file], name, err.to_string()))?;
         let t = if e.dtype != dtype { t.to_dtype(dtype)? } else { t };
-        Ok(t.to_device(device)?)
+        let t = t.to_device(device)?;
+        release_pages(&self.maps[e.file], e.start, e.end);
+        Ok(t)
     }
 
     fn names(&self) -> Vec<String> {

@@ -1,7 +1,9 @@
 //! Scaled dot-product attention for training: causal or bidirectional, sliding windows, logit
-//! soft-capping, ALiBi biases, key padding, and MHA/MQA/GQA through one path. On the CPU it is one
-//! fused kernel whose backward recomputes the probabilities (no `[heads, T, S]` tensor is kept for
-//! backward); elsewhere it is composed from candle ops that have a correct backward.
+//! soft-capping, ALiBi biases, an additive score bias (T5), key padding, cross-attention, and
+//! MHA/MQA/GQA through one path. Tensors use the `[batch, seq, heads, head_dim]` layout
+//! projections produce, so no transposed copies are made.
+//! On the CPU it is one fused kernel whose backward recomputes the probabilities (no
+//! `[heads, T, S]` tensor is kept for backward); elsewhere it is composed from candle ops.
 
 use super::cpu::{Mat, sgemm, slice, threads, with_f32};
 use super::use_cpu_kernels;
@@ -34,48 +36,34 @@ impl AttentionMask {
         Self { causal: false, ..Self::causal(scale) }
     }
 
+    /// The keys `[lo, hi)` query `i` (of `t`) may see in batch row `b`; queries are the last `t`
+    /// positions of the `s` keys (a KV cache holds the earlier ones).
+    fn visible(&self, b: usize, i: usize, t: usize, s: usize) -> (usize, usize) {
+        let (mut lo, mut hi) = (0, s);
+        if self.positional() {
+            let qpos = s - t + i;
+            if self.causal {
+                hi = qpos + 1;
+            }
+            if let Some(w) = self.sliding_window {
+                lo = (qpos + 1).saturating_sub(w);
+            }
+        }
+        if let Some(lens) = &self.key_lens {
+            hi = hi.min(lens[b]);
+        }
+        (lo, hi.max(lo))
+    }
+
     /// Whether queries have positions among the keys (causal, windowed or ALiBi attention); a
     /// bidirectional cross-attention may have more queries than keys.
     fn positional(&self) -> bool {
         self.causal || self.sliding_window.is_some() || self.alibi_slopes.is_some()
     }
-
-    /// Whether query `i` (of `t`) may see key `j` (of `s`) in batch row `b`; queries are the last
-    /// `t` positions of the `s` keys (a KV cache holds the earlier ones).
-    fn visible(&self, b: usize, i: usize, j: usize, t: usize, s: usize) -> bool {
-        if self.positional() {
-            let qpos = s - t + i;
-            if self.causal && j > qpos {
-                return false;
-            }
-            if let Some(w) = self.sliding_window {
-                if qpos >= j + w {
-                    return false;
-                }
-            }
-        }
-        if let Some(lens) = &self.key_lens {
-            if j >= lens[b] {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// The additive bias before the softmax (`-inf` where masked), `[t, s]` for row b, head h.
-    fn bias(&self, b: usize, h: usize, i: usize, j: usize, t: usize, s: usize) -> f32 {
-        if !self.visible(b, i, j, t, s) {
-            return f32::NEG_INFINITY;
-        }
-        match &self.alibi_slopes {
-            Some(sl) => sl[h] * (j as f32 - (s - t + i) as f32),
-            None => 0.0,
-        }
-    }
 }
 
-/// `softmax(mask(q · kᵀ)) · v` with q `[b, h, t, d]`, k `[b, kv, s, d]`, v `[b, kv, s, dv]`;
-/// `h` must be a multiple of `kv` (GQA; `kv = 1` is MQA). Returns `[b, h, t, dv]`.
+/// `softmax(mask(q · kᵀ)) · v` with q `[b, t, h, d]`, k `[b, s, kv, d]`, v `[b, s, kv, dv]`;
+/// `h` must be a multiple of `kv` (GQA; `kv = 1` is MQA). Returns `[b, t, h, dv]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Result<Tensor> {
     validate(q, k, v, mask)?;
     if use_cpu_kernels(q) && k.dtype() == DType::F32 && v.dtype() == DType::F32 {
@@ -89,25 +77,26 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Re
 /// a trained one (full fine-tuning) goes through the composed path so its gradient flows.
 pub fn attention_with_bias(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask, bias: &Tensor) -> Result<Tensor> {
     validate(q, k, v, mask)?;
-    let (b, h, t, _) = q.dims4()?;
-    let s = k.dim(2)?;
+    let (b, t, h, _) = q.dims4()?;
+    let s = k.dim(1)?;
     let (bb, bh, bt, bs) = bias.dims4()?;
     if (bb != 1 && bb != b) || bh != h || bt != t || bs != s {
         bail!("attention: bias {:?} does not fit scores [{b}, {h}, {t}, {s}]", bias.dims());
     }
     if use_cpu_kernels(q) && k.dtype() == DType::F32 && v.dtype() == DType::F32 && !bias.track_op() {
         let values = bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let op = FusedAttention { mask: mask.clone(), extra: Some(ExtraBias { values: values.into(), per_row: bb != 1 }) };
-        return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+        let extra = Some(ExtraBias { values: values.into(), per_row: bb != 1 });
+        return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, FusedAttention { mask: mask.clone(), extra });
     }
     composed(q, k, v, mask, Some(bias))
 }
 
 fn validate(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Result<()> {
-    let (b, h, t, d) = q.dims4()?;
-    let (b2, kv, s, d2) = k.dims4()?;
-    let (b3, kv2, s2, _) = v.dims4()?;
-    if b != b2 || b != b3 || kv != kv2 || s != s2 || d != d2 || kv == 0 || h % kv != 0 || (t > s && mask.positional()) {
+    let (b, t, h, d) = q.dims4()?;
+    let (b2, s, kv, d2) = k.dims4()?;
+    let (b3, s2, kv2, _) = v.dims4()?;
+    let positions_ok = t <= s || !mask.positional();
+    if b != b2 || b != b3 || kv != kv2 || s != s2 || d != d2 || kv == 0 || h % kv != 0 || !positions_ok {
         bail!("attention: incompatible shapes q {:?} k {:?} v {:?}", q.dims(), k.dims(), v.dims());
     }
     if let Some(sl) = &mask.alibi_slopes {
@@ -131,36 +120,47 @@ fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
     x.unsqueeze(2)?.broadcast_as((b, kv, n_rep, s, d))?.contiguous()?.reshape((b, kv * n_rep, s, d))
 }
 
-fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask, extra: Option<&Tensor>) -> Result<Tensor> {
-    let (b, h, t, _) = q.dims4()?;
-    let (_, kv, s, _) = k.dims4()?;
-    let k = repeat_kv(k, h / kv)?;
-    let v = repeat_kv(v, h / kv)?;
-    let mut scores = (q.contiguous()?.matmul(&k.t()?.contiguous()?)? * mask.scale)?;
-    if let Some(cap) = mask.softcap {
-        scores = ((scores / cap)?.tanh()? * cap)?;
-    }
-    let heads_in_bias = if mask.alibi_slopes.is_some() { h } else { 1 };
+/// The additive mask `[rows, heads, t, s]` (`-inf` where masked) for the composed path.
+fn bias_tensor(mask: &AttentionMask, b: usize, h: usize, t: usize, s: usize, dev: &candle_core::Device) -> Result<Tensor> {
+    let heads = if mask.alibi_slopes.is_some() { h } else { 1 };
     let rows = if mask.key_lens.is_some() { b } else { 1 };
-    let mut bias = Vec::with_capacity(rows * heads_in_bias * t * s);
+    let mut bias = Vec::with_capacity(rows * heads * t * s);
     for bi in 0..rows {
-        for hi in 0..heads_in_bias {
+        for hi in 0..heads {
             for i in 0..t {
+                let (lo, hi_k) = mask.visible(bi, i, t, s);
                 for j in 0..s {
-                    bias.push(mask.bias(bi, hi, i, j, t, s));
+                    bias.push(if j < lo || j >= hi_k {
+                        f32::NEG_INFINITY
+                    } else {
+                        mask.alibi_slopes.as_ref().map(|sl| sl[hi] * (j as f32 - (s - t + i) as f32)).unwrap_or(0.0)
+                    });
                 }
             }
         }
     }
-    let bias = Tensor::from_vec(bias, (rows, heads_in_bias, t, s), q.device())?.to_dtype(scores.dtype())?;
+    Tensor::from_vec(bias, (rows, heads, t, s), dev)
+}
+
+fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask, extra: Option<&Tensor>) -> Result<Tensor> {
+    let (b, t, h, _) = q.dims4()?;
+    let (_, s, kv, _) = k.dims4()?;
+    let q = q.transpose(1, 2)?.contiguous()?;
+    let k = repeat_kv(&k.transpose(1, 2)?.contiguous()?, h / kv)?;
+    let v = repeat_kv(&v.transpose(1, 2)?.contiguous()?, h / kv)?;
+    let mut scores = (q.matmul(&k.t()?.contiguous()?)? * mask.scale)?;
+    if let Some(cap) = mask.softcap {
+        scores = ((scores / cap)?.tanh()? * cap)?;
+    }
     if let Some(extra) = extra {
         scores = scores.broadcast_add(&extra.to_dtype(scores.dtype())?)?;
     }
+    let bias = bias_tensor(mask, b, h, t, s, q.device())?.to_dtype(scores.dtype())?;
     let probs = candle_nn::ops::softmax(&scores.broadcast_add(&bias)?, D::Minus1)?;
-    probs.matmul(&v.contiguous()?)
+    probs.matmul(&v)?.transpose(1, 2)?.contiguous()
 }
 
-/// A constant additive bias for the fused kernel, `[1 or b, h, t, s]` row-major.
+/// A constant additive score bias for the fused kernel, `[1 or b, h, t, s]` row-major.
 struct ExtraBias {
     values: std::sync::Arc<[f32]>,
     per_row: bool,
@@ -171,6 +171,7 @@ struct FusedAttention {
     extra: Option<ExtraBias>,
 }
 
+#[derive(Clone, Copy)]
 struct Dims {
     b: usize,
     h: usize,
@@ -181,53 +182,85 @@ struct Dims {
     dv: usize,
 }
 
+impl Dims {
+    /// Head `hi` of batch row `bi` in a `[b, t, h, d]` tensor, as a strided `[t, d]` matrix.
+    fn q<'a>(&self, q: &'a [f32], bi: usize, hi: usize) -> Mat<'a> {
+        Mat { data: &q[bi * self.t * self.h * self.d + hi * self.d..], rs: self.h * self.d, cs: 1 }
+    }
+    fn k<'a>(&self, k: &'a [f32], bi: usize, ki: usize) -> Mat<'a> {
+        Mat { data: &k[bi * self.s * self.kv * self.d + ki * self.d..], rs: self.kv * self.d, cs: 1 }
+    }
+    fn v<'a>(&self, v: &'a [f32], bi: usize, ki: usize) -> Mat<'a> {
+        Mat { data: &v[bi * self.s * self.kv * self.dv + ki * self.dv..], rs: self.kv * self.dv, cs: 1 }
+    }
+    fn kt<'a>(&self, k: &'a [f32], bi: usize, ki: usize) -> Mat<'a> {
+        let m = self.k(k, bi, ki);
+        Mat { data: m.data, rs: 1, cs: m.rs }
+    }
+    fn vt<'a>(&self, v: &'a [f32], bi: usize, ki: usize) -> Mat<'a> {
+        let m = self.v(v, bi, ki);
+        Mat { data: m.data, rs: 1, cs: m.rs }
+    }
+}
+
+/// Writes a contiguous `[rows, width]` block into a strided destination.
+fn scatter(dst: &mut [f32], src: &[f32], width: usize, offset: usize, stride: usize) {
+    for (r, row) in src.chunks(width).enumerate() {
+        let at = offset + r * stride;
+        dst[at..at + width].copy_from_slice(row);
+    }
+}
+
+fn run_tasks<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> {
+    if threads() > 1 { (0..n).into_par_iter().map(f).collect() } else { (0..n).map(f).collect() }
+}
+
 impl FusedAttention {
     /// Softmax probabilities `[t, s]` for (row b, head h) into `p`; `raw` receives the
     /// pre-softcap scaled scores when soft-capping is on (needed by backward).
-    fn probs(&self, dm: &Dims, bi: usize, hi: usize, q: &[f32], k: &[f32], p: &mut [f32], raw: Option<&mut [f32]>) {
+    fn probs(&self, dm: &Dims, bi: usize, hi: usize, q: Mat, k: Mat, p: &mut [f32], mut raw: Option<&mut [f32]>) {
         let Dims { t, s, d, .. } = *dm;
-        sgemm(t, s, d, Mat::rows(q, d), Mat::rows_t(k, d), p, false, self.mask.scale as f32);
-        if let Some(cap) = self.mask.softcap {
-            if let Some(raw) = raw {
-                raw.copy_from_slice(p);
-            }
-            let cap = cap as f32;
-            for x in p.iter_mut() {
-                *x = cap * (*x / cap).tanh();
-            }
-        }
-        let extra = self.extra.as_ref().map(|e| {
-            let base = ((if e.per_row { bi * dm.h } else { 0 }) + hi) * t * s;
-            &e.values[base..base + t * s]
-        });
+        sgemm(t, s, d, q, k, p, false, self.mask.scale as f32);
+        let slope = self.mask.alibi_slopes.as_ref().map(|sl| sl[hi]);
         for i in 0..t {
             let row = &mut p[i * s..(i + 1) * s];
-            let mut max = f32::NEG_INFINITY;
-            for (j, x) in row.iter_mut().enumerate() {
-                *x += self.mask.bias(bi, hi, i, j, t, s);
-                if let Some(e) = extra {
-                    *x += e[i * s + j];
+            let (lo, hi_k) = self.mask.visible(bi, i, t, s);
+            if let Some(cap) = self.mask.softcap {
+                if let Some(raw) = raw.as_deref_mut() {
+                    raw[i * s..(i + 1) * s].copy_from_slice(row);
                 }
-                max = max.max(*x);
+                let cap = cap as f32;
+                row[lo..hi_k].iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
             }
-            if max == f32::NEG_INFINITY {
-                row.fill(0.0); // a query that sees nothing attends to nothing
-                continue;
+            if let Some(slope) = slope {
+                let qpos = (s - t + i) as f32;
+                row[lo..hi_k].iter_mut().enumerate().for_each(|(j, x)| *x += slope * ((lo + j) as f32 - qpos));
             }
+            if let Some(e) = &self.extra {
+                let base = ((if e.per_row { bi * dm.h } else { 0 }) + hi) * t * s + i * s;
+                row[lo..hi_k].iter_mut().zip(&e.values[base + lo..base + hi_k]).for_each(|(x, a)| *x += a);
+            }
+            row[..lo].fill(0.0);
+            row[hi_k..].fill(0.0);
+            let live = &mut row[lo..hi_k];
+            if live.is_empty() {
+                continue; // a query that sees nothing attends to nothing
+            }
+            let max = live.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
-            for x in row.iter_mut() {
+            for x in live.iter_mut() {
                 *x = (*x - max).exp();
                 sum += *x;
             }
             let inv = 1.0 / sum;
-            row.iter_mut().for_each(|x| *x *= inv);
+            live.iter_mut().for_each(|x| *x *= inv);
         }
     }
 }
 
 fn dims(q: &Layout, k: &Layout, v: &Layout) -> Dims {
     let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
-    Dims { b: qd[0], h: qd[1], kv: kd[1], t: qd[2], s: kd[2], d: qd[3], dv: vd[3] }
+    Dims { b: qd[0], t: qd[1], h: qd[2], d: qd[3], s: kd[1], kv: kd[2], dv: vd[3] }
 }
 
 impl CustomOp3 for FusedAttention {
@@ -235,62 +268,42 @@ impl CustomOp3 for FusedAttention {
         "fused-attention"
     }
 
-    fn cpu_fwd(
-        &self,
-        qs: &CpuStorage,
-        ql: &Layout,
-        ks: &CpuStorage,
-        kl: &Layout,
-        vs: &CpuStorage,
-        vl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> Result<(CpuStorage, Shape)> {
         let (q, k, v) = (slice(qs, ql)?, slice(ks, kl)?, slice(vs, vl)?);
         let dm = dims(ql, kl, vl);
-        let Dims { b, h, kv, t, s, d, dv } = dm;
+        let Dims { b, h, kv, t, s, dv, .. } = dm;
         let group = h / kv;
-        let mut out = vec![0f32; b * h * t * dv];
-        let work = |idx: usize, o: &mut [f32]| {
+        let heads = run_tasks(b * h, |idx| {
             let (bi, hi) = (idx / h, idx % h);
-            let kvi = bi * kv + hi / group;
-            let qh = &q[idx * t * d..(idx + 1) * t * d];
-            let kh = &k[kvi * s * d..(kvi + 1) * s * d];
-            let vh = &v[kvi * s * dv..(kvi + 1) * s * dv];
+            let ki = hi / group;
             let mut p = vec![0f32; t * s];
-            self.probs(&dm, bi, hi, qh, kh, &mut p, None);
-            sgemm(t, dv, s, Mat::rows(&p, s), Mat::rows(vh, dv), o, false, 1.0);
-        };
-        if threads() > 1 {
-            out.par_chunks_mut(t * dv).enumerate().for_each(|(i, o)| work(i, o));
-        } else {
-            out.chunks_mut(t * dv).enumerate().for_each(|(i, o)| work(i, o));
+            self.probs(&dm, bi, hi, dm.q(q, bi, hi), dm.kt(k, bi, ki), &mut p, None);
+            let mut o = vec![0f32; t * dv];
+            sgemm(t, dv, s, Mat::rows(&p, s), dm.v(v, bi, ki), &mut o, false, 1.0);
+            o
+        });
+        let mut out = vec![0f32; b * t * h * dv];
+        for (idx, o) in heads.iter().enumerate() {
+            let (bi, hi) = (idx / h, idx % h);
+            scatter(&mut out, o, dv, bi * t * h * dv + hi * dv, h * dv);
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, h, t, dv))))
+        Ok((CpuStorage::F32(out), Shape::from((b, t, h, dv))))
     }
 
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (b, h, t, d) = q.dims4()?;
-        let (_, kv, s, _) = k.dims4()?;
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, t, h, d) = q.dims4()?;
+        let (_, s, kv, _) = k.dims4()?;
         let dv = v.dim(3)?;
         let dm = Dims { b, h, kv, t, s, d, dv };
         let group = h / kv;
         let scale = self.mask.scale as f32;
         // Work is split by (row, kv head): each task owns the dk/dv of its kv head.
-        let per_kv: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = with_f32(q, |q| {
+        let parts = with_f32(q, |q| {
             with_f32(k, |k| {
                 with_f32(v, |v| {
                     with_f32(grad, |g| {
-                        let task = |task: usize| {
-                            let (bi, kh_i) = (task / kv, task % kv);
-                            let kvi = bi * kv + kh_i;
-                            let kh = &k[kvi * s * d..(kvi + 1) * s * d];
-                            let vh = &v[kvi * s * dv..(kvi + 1) * s * dv];
+                        Ok(run_tasks(b * kv, |task| {
+                            let (bi, ki) = (task / kv, task % kv);
                             let mut dq = vec![0f32; group * t * d];
                             let mut dk = vec![0f32; s * d];
                             let mut dvv = vec![0f32; s * dv];
@@ -298,24 +311,21 @@ impl CustomOp3 for FusedAttention {
                             let mut dp = vec![0f32; t * s];
                             let mut raw = vec![0f32; if self.mask.softcap.is_some() { t * s } else { 0 }];
                             for gi in 0..group {
-                                let hi = kh_i * group + gi;
-                                let idx = bi * h + hi;
-                                let qh = &q[idx * t * d..(idx + 1) * t * d];
-                                let gh = &g[idx * t * dv..(idx + 1) * t * dv];
+                                let hi = ki * group + gi;
                                 let raw_opt = if raw.is_empty() { None } else { Some(&mut raw[..]) };
-                                self.probs(&dm, bi, hi, qh, kh, &mut p, raw_opt);
+                                self.probs(&dm, bi, hi, dm.q(q, bi, hi), dm.kt(k, bi, ki), &mut p, raw_opt);
+                                // dO of this head, [t, dv] strided like q.
+                                let go = Mat { data: &g[bi * t * h * dv + hi * dv..], rs: h * dv, cs: 1 };
                                 // dV += Pᵀ · dO
-                                sgemm(s, dv, t, Mat::rows_t(&p, s), Mat::rows(gh, dv), &mut dvv, true, 1.0);
+                                sgemm(s, dv, t, Mat::rows_t(&p, s), go, &mut dvv, true, 1.0);
                                 // dP = dO · Vᵀ
-                                sgemm(t, s, dv, Mat::rows(gh, dv), Mat::rows_t(vh, dv), &mut dp, false, 1.0);
+                                sgemm(t, s, dv, go, dm.vt(v, bi, ki), &mut dp, false, 1.0);
                                 // dS = P ⊙ (dP - rowsum(P ⊙ dP)), then through the soft-cap.
                                 for i in 0..t {
                                     let pr = &p[i * s..(i + 1) * s];
                                     let dr = &mut dp[i * s..(i + 1) * s];
                                     let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
-                                    for j in 0..s {
-                                        dr[j] = pr[j] * (dr[j] - dot);
-                                    }
+                                    dr.iter_mut().zip(pr).for_each(|(x, p)| *x = p * (*x - dot));
                                 }
                                 if let Some(cap) = self.mask.softcap {
                                     let cap = cap as f32;
@@ -325,33 +335,32 @@ impl CustomOp3 for FusedAttention {
                                     }
                                 }
                                 // dQ = scale · dS · K ; dK += scale · dSᵀ · Q
-                                sgemm(t, d, s, Mat::rows(&dp, s), Mat::rows(kh, d), &mut dq[gi * t * d..(gi + 1) * t * d], false, scale);
-                                sgemm(s, d, t, Mat::rows_t(&dp, s), Mat::rows(qh, d), &mut dk, true, scale);
+                                sgemm(t, d, s, Mat::rows(&dp, s), dm.k(k, bi, ki), &mut dq[gi * t * d..(gi + 1) * t * d], false, scale);
+                                sgemm(s, d, t, Mat::rows_t(&dp, s), dm.q(q, bi, hi), &mut dk, true, scale);
                             }
                             (dq, dk, dvv)
-                        };
-                        Ok(if threads() > 1 {
-                            (0..b * kv).into_par_iter().map(task).collect()
-                        } else {
-                            (0..b * kv).map(task).collect()
-                        })
+                        }))
                     })
                 })
             })
         })?;
-        let mut dq = Vec::with_capacity(b * h * t * d);
-        let mut dk = Vec::with_capacity(b * kv * s * d);
-        let mut dvv = Vec::with_capacity(b * kv * s * dv);
-        for (q_part, k_part, v_part) in per_kv {
-            dq.extend(q_part);
-            dk.extend(k_part);
-            dvv.extend(v_part);
+        let mut dq = vec![0f32; b * t * h * d];
+        let mut dk = vec![0f32; b * s * kv * d];
+        let mut dvv = vec![0f32; b * s * kv * dv];
+        for (task, (q_part, k_part, v_part)) in parts.iter().enumerate() {
+            let (bi, ki) = (task / kv, task % kv);
+            for gi in 0..group {
+                let hi = ki * group + gi;
+                scatter(&mut dq, &q_part[gi * t * d..(gi + 1) * t * d], d, bi * t * h * d + hi * d, h * d);
+            }
+            scatter(&mut dk, k_part, d, bi * s * kv * d + ki * d, kv * d);
+            scatter(&mut dvv, v_part, dv, bi * s * kv * dv + ki * dv, kv * dv);
         }
         let dev = q.device();
         Ok((
-            Some(Tensor::from_vec(dq, (b, h, t, d), dev)?),
-            Some(Tensor::from_vec(dk, (b, kv, s, d), dev)?),
-            Some(Tensor::from_vec(dvv, (b, kv, s, dv), dev)?),
+            Some(Tensor::from_vec(dq, (b, t, h, d), dev)?),
+            Some(Tensor::from_vec(dk, (b, s, kv, d), dev)?),
+            Some(Tensor::from_vec(dvv, (b, s, kv, dv), dev)?),
         ))
     }
 }
@@ -377,10 +386,10 @@ mod tests {
     #[test]
     fn fused_matches_composed_forward_and_backward() -> Result<()> {
         let dev = Device::Cpu;
-        let q = randn(&[2, 4, 6, 8], 1, &dev)?;
-        let k = randn(&[2, 2, 6, 8], 2, &dev)?;
-        let v = randn(&[2, 2, 6, 8], 3, &dev)?;
-        let r = randn(&[2, 4, 6, 8], 4, &dev)?;
+        let q = randn(&[2, 6, 4, 8], 1, &dev)?;
+        let k = randn(&[2, 6, 2, 8], 2, &dev)?;
+        let v = randn(&[2, 6, 2, 8], 3, &dev)?;
+        let r = randn(&[2, 6, 4, 8], 4, &dev)?;
         for mask in masks() {
             let (qv, kv, vv) = (Var::from_tensor(&q)?, Var::from_tensor(&k)?, Var::from_tensor(&v)?);
             let fused = attention(qv.as_tensor(), kv.as_tensor(), vv.as_tensor(), &mask)?;
@@ -400,11 +409,11 @@ mod tests {
     #[test]
     fn additive_bias_fused_matches_composed_and_reaches_a_trained_bias() -> Result<()> {
         let dev = Device::Cpu;
-        let q = randn(&[2, 4, 5, 8], 1, &dev)?;
-        let k = randn(&[2, 2, 5, 8], 2, &dev)?;
-        let v = randn(&[2, 2, 5, 8], 3, &dev)?;
+        let q = randn(&[2, 5, 4, 8], 1, &dev)?;
+        let k = randn(&[2, 5, 2, 8], 2, &dev)?;
+        let v = randn(&[2, 5, 2, 8], 3, &dev)?;
         let bias = randn(&[1, 4, 5, 5], 5, &dev)?;
-        let r = randn(&[2, 4, 5, 8], 4, &dev)?;
+        let r = randn(&[2, 5, 4, 8], 4, &dev)?;
         let padded = AttentionMask { key_lens: Some(vec![5, 3]), ..AttentionMask::bidirectional(1.0) };
         for mask in [AttentionMask::causal(1.0), padded] {
             let qv = Var::from_tensor(&q)?;
@@ -427,11 +436,25 @@ mod tests {
     }
 
     #[test]
+    fn cross_attention_may_have_more_queries_than_keys() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = randn(&[2, 7, 2, 4], 1, &dev)?;
+        let k = randn(&[2, 3, 2, 4], 2, &dev)?;
+        let v = randn(&[2, 3, 2, 4], 3, &dev)?;
+        let mask = AttentionMask { key_lens: Some(vec![3, 2]), ..AttentionMask::bidirectional(0.5) };
+        let fused = attention(&q, &k, &v, &mask)?;
+        let f64 = |t: &Tensor| t.to_dtype(DType::F64);
+        assert_close(&fused, &composed(&f64(&q)?, &f64(&k)?, &f64(&v)?, &mask, None)?, 1e-5)?;
+        assert!(attention(&q, &k, &v, &AttentionMask::causal(0.5)).is_err(), "causal needs t <= s");
+        Ok(())
+    }
+
+    #[test]
     fn finite_differences() -> Result<()> {
         let dev = Device::Cpu;
-        let q = randn(&[1, 2, 4, 4], 1, &dev)?;
-        let k = randn(&[1, 1, 4, 4], 2, &dev)?;
-        let v = randn(&[1, 1, 4, 4], 3, &dev)?;
+        let q = randn(&[1, 4, 2, 4], 1, &dev)?;
+        let k = randn(&[1, 4, 1, 4], 2, &dev)?;
+        let v = randn(&[1, 4, 1, 4], 3, &dev)?;
         let mask = AttentionMask { softcap: Some(3.0), ..AttentionMask::causal(0.5) };
         check_gradient(|q| attention(q, &k, &v, &mask), &q, 1, 1e-2, 2e-3)?;
         check_gradient(|k| attention(&q, k, &v, &mask), &k, 2, 1e-2, 2e-3)?;
@@ -442,12 +465,12 @@ mod tests {
     #[test]
     fn kv_cache_queries_are_the_last_positions() -> Result<()> {
         let dev = Device::Cpu;
-        let q = randn(&[1, 2, 5, 4], 1, &dev)?;
-        let k = randn(&[1, 2, 5, 4], 2, &dev)?;
-        let v = randn(&[1, 2, 5, 4], 3, &dev)?;
+        let q = randn(&[1, 5, 2, 4], 1, &dev)?;
+        let k = randn(&[1, 5, 2, 4], 2, &dev)?;
+        let v = randn(&[1, 5, 2, 4], 3, &dev)?;
         let mask = AttentionMask::causal(0.5);
         let full = attention(&q, &k, &v, &mask)?;
-        let last = attention(&q.narrow(2, 4, 1)?, &k, &v, &mask)?;
-        assert_close(&last, &full.narrow(2, 4, 1)?, 1e-6)
+        let last = attention(&q.narrow(1, 4, 1)?, &k, &v, &mask)?;
+        assert_close(&last, &full.narrow(1, 4, 1)?, 1e-6)
     }
 }

@@ -7,6 +7,8 @@ mod attention;
 mod cpu;
 mod cross_entropy;
 mod frozen_matmul;
+mod gated;
+mod lora_linear;
 mod norm;
 mod rope;
 
@@ -16,6 +18,8 @@ pub(crate) mod gradcheck;
 pub use attention::{AttentionMask, attention, attention_with_bias};
 pub use cross_entropy::{IGNORE_INDEX, cross_entropy_sum, linear_cross_entropy_sum, masked_cross_entropy_sum};
 pub use frozen_matmul::frozen_matmul;
+pub use gated::{GateAct, gated};
+pub use lora_linear::{DenseKernel, DropoutSpec, FrozenKernel, dropout_mask, lora_linear};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{RopeLayout, RopeTables, rope};
 

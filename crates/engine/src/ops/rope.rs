@@ -51,9 +51,9 @@ impl RopeTables {
     }
 }
 
-/// Rotates `x` (`[batch, heads, seq, head_dim]`) for positions `offset..offset + seq`.
+/// Rotates `x` (`[batch, seq, heads, head_dim]`) for positions `offset..offset + seq`.
 pub fn rope(x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
-    let (_, _, t, d) = x.dims4()?;
+    let (_, t, _, d) = x.dims4()?;
     if tables.rot_dim > d {
         bail!("rope: rotary dim {} exceeds head dim {d}", tables.rot_dim);
     }
@@ -72,8 +72,9 @@ pub fn rope(x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
         };
         return x.contiguous()?.apply_op1(op);
     }
-    let cos = tables.cos_t.narrow(0, offset, t)?.to_dtype(x.dtype())?;
-    let sin = tables.sin_t.narrow(0, offset, t)?.to_dtype(x.dtype())?;
+    let half = tables.rot_dim / 2;
+    let cos = tables.cos_t.narrow(0, offset, t)?.reshape((t, 1, half))?.to_dtype(x.dtype())?;
+    let sin = tables.sin_t.narrow(0, offset, t)?.reshape((t, 1, half))?.to_dtype(x.dtype())?;
     composed(x, &cos, &sin, tables.rot_dim, tables.layout)
 }
 
@@ -125,12 +126,12 @@ impl CustomOp1 for RopeOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l)?;
         let dims = l.dims();
-        let (t, d) = (dims[2], dims[3]);
+        let (t, heads, d) = (dims[1], dims[2], dims[3]);
         let half = self.rot_dim / 2;
         let sign = if self.inverse { -1f32 } else { 1f32 };
         let mut out = x.to_vec();
         for (row_idx, row) in out.chunks_mut(d).enumerate() {
-            let p = row_idx % t;
+            let p = (row_idx / heads) % t;
             let cs = &self.cos[p * half..(p + 1) * half];
             let sn = &self.sin[p * half..(p + 1) * half];
             for i in 0..half {
@@ -172,12 +173,12 @@ mod tests {
 
     #[test]
     fn kernel_matches_composition_and_gradients_check() -> Result<()> {
-        let x = randn(&[2, 3, 5, 8], 1, &Device::Cpu)?;
+        let x = randn(&[2, 5, 3, 8], 1, &Device::Cpu)?;
         for layout in [RopeLayout::HalfSplit, RopeLayout::Interleaved] {
             for rot in [8, 4] {
                 let tb = tables(rot, layout)?;
-                let cos = tb.cos_t.narrow(0, 2, 5)?;
-                let sin = tb.sin_t.narrow(0, 2, 5)?;
+                let cos = tb.cos_t.narrow(0, 2, 5)?.reshape((5, 1, rot / 2))?;
+                let sin = tb.sin_t.narrow(0, 2, 5)?.reshape((5, 1, rot / 2))?;
                 let expected = composed(&x.to_dtype(DType::F64)?, &cos.to_dtype(DType::F64)?, &sin.to_dtype(DType::F64)?, rot, layout)?;
                 assert_close(&rope(&x, &tb, 2)?, &expected, 1e-6)?;
                 check_gradient(|x| rope(x, &tb, 2), &x, 7, 1e-2, 1e-3)?;

@@ -17,6 +17,21 @@ use std::path::{Path, PathBuf};
 pub const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const FULL_WEIGHTS_FILE: &str = "trainable.safetensors";
+/// Written last: every other file of the checkpoint with its SHA-256.
+pub const MANIFEST_FILE: &str = "checkpoint.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format: u32,
+    pub step: u64,
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).map_err(|e| EngineError::io(path, e))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}
 
 /// Everything besides tensors needed to continue a run exactly.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -33,6 +48,15 @@ pub struct TrainerState {
     pub config_hash: String,
     pub engine_version: String,
     pub seed: u64,
+    /// Learning-rate multiplier after recoveries (halved at each rollback), and their count.
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+    #[serde(default)]
+    pub rollbacks: u32,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 pub fn checkpoints_root(output: &Path) -> PathBuf {
@@ -83,6 +107,19 @@ pub fn write_checkpoint(output: &Path, model: &dyn LanguageModel, params: &[(Str
     save_tensors(&partial.join(OPTIMIZER_FILE), &opt.state())?;
     fsutil::write_json(&partial.join(STATE_FILE), state)?;
     fsutil::write_atomic(&partial.join("train_config.toml"), config.to_toml().as_bytes())?;
+    if super::faults::Faults::from_env().at(super::faults::Fault::CheckpointIo, state.step) {
+        return Err(EngineError::io(&partial, std::io::Error::other("injected fault: no space left on device")));
+    }
+    let mut files = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(&partial).map_err(|e| EngineError::io(&partial, e))? {
+        let path = entry.map_err(|e| EngineError::io(&partial, e))?.path();
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            if !name.starts_with('.') {
+                files.insert(name.to_string(), sha256_file(&path)?);
+            }
+        }
+    }
+    fsutil::write_json(&partial.join(MANIFEST_FILE), &Manifest { format: 1, step: state.step, files })?;
     if final_dir.exists() {
         std::fs::remove_dir_all(&final_dir).map_err(|e| EngineError::io(&final_dir, e))?;
     }
@@ -110,7 +147,22 @@ pub struct LoadedCheckpoint {
 }
 
 impl LoadedCheckpoint {
+    /// Reads a checkpoint after checking every file against its manifest.
     pub fn read(dir: &Path, method: MethodKind) -> Result<Self> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|e| EngineError::file(&manifest_path, format!("incomplete checkpoint: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| EngineError::file(&manifest_path, format!("corrupt manifest: {e}")))?;
+        for (name, expected) in &manifest.files {
+            let path = dir.join(name);
+            if !path.exists() {
+                return Err(EngineError::file(&path, "missing from the checkpoint"));
+            }
+            if &sha256_file(&path)? != expected {
+                return Err(EngineError::file(&path, "checksum mismatch (the file is corrupt)"));
+            }
+        }
         let state_path = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&state_path).map_err(|e| EngineError::io(&state_path, e))?;
         let state: TrainerState =
@@ -137,6 +189,19 @@ impl LoadedCheckpoint {
         }
         opt.load_state(&self.optimizer, self.state.step)
     }
+}
+
+/// The newest checkpoint under `output` that reads back intact, and a warning for each newer
+/// one that did not (it is skipped, never deleted).
+pub fn newest_valid(output: &Path, method: MethodKind) -> (Option<LoadedCheckpoint>, Vec<String>) {
+    let mut warnings = Vec::new();
+    for step in list_checkpoints(output).into_iter().rev() {
+        match LoadedCheckpoint::read(&checkpoint_dir(output, step), method) {
+            Ok(c) => return (Some(c), warnings),
+            Err(e) => warnings.push(format!("checkpoint step-{step} is unusable and was skipped: {e}")),
+        }
+    }
+    (None, warnings)
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 
 pub mod checkpoint;
 pub mod events;
+pub mod faults;
 pub mod optim;
+pub mod recovery;
 pub mod schedule;
 pub mod step;
 mod plan;
@@ -12,4 +14,4 @@ mod trainer;
 
 pub use events::{EventSink, Interrupter, MemoryStats, StopRequest, TrainEvent, VecSink};
 pub use plan::adapter_plan;
-pub use trainer::{TrainOutcome, TrainStatus, train};
+pub use trainer::{RunOptions, TrainOutcome, TrainStatus, train, train_with};

@@ -3,7 +3,9 @@
 //! order and every random draw are functions of (seed, step), so a run resumed from a checkpoint
 //! continues exactly as it would have.
 
-use super::checkpoint::{self, LoadedCheckpoint, TrainerState};
+use super::checkpoint::{self, TrainerState};
+use super::faults::{Fault, Faults};
+use super::recovery::{LossGuard, Verdict, lr_factor};
 use super::events::{EventSink, Interrupter, MemoryStats, StopRequest, TrainEvent};
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use super::plan::adapter_plan;
@@ -78,8 +80,30 @@ impl<'a> DataCursor<'a> {
     }
 }
 
+/// How a run starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Continue from the newest valid checkpoint in the output folder.
+    pub resume: bool,
+    /// Resume even when result-affecting settings changed since the checkpoint.
+    pub force: bool,
+}
+
+/// The most rollbacks a run makes before it gives up.
+const MAX_ROLLBACKS: u32 = 5;
+
+fn alert(sink: &mut dyn EventSink, step: u64, kind: &str, message: String, suggestion: &str) {
+    sink.emit(&TrainEvent::Alert { step, kind: kind.into(), message, suggestion: suggestion.into() });
+}
+
 /// Runs (or, with `resume`, continues) the training described by `cfg`, writing to `output`.
 pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn EventSink, stop: &Interrupter) -> Result<TrainOutcome> {
+    train_with(cfg, output, RunOptions { resume, force: false }, sink, stop)
+}
+
+/// [`train`] with every option.
+pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut dyn EventSink, stop: &Interrupter) -> Result<TrainOutcome> {
+    let faults = Faults::from_env();
     let started = Instant::now();
     let device = device::resolve_device(&cfg.model.device)?;
     let dtype = device::resolve_dtype(&cfg.model.dtype, &device)?;
@@ -127,6 +151,7 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
         Resolved::Causal(spec, dims) => AnyModel::Causal(CausalLm::build(spec, dims, &factory)?),
         Resolved::Seq2Seq(spec, dims) => AnyModel::Seq2Seq(Seq2SeqLm::build(spec, dims, &factory)?),
     };
+    drop(factory); // unmaps the checkpoint files
     let lm = model.as_dyn();
     let params: Vec<(String, Var)> = lm.trainable();
     if params.is_empty() {
@@ -169,15 +194,34 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
         config_hash: cfg.result_hash(),
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
         seed: cfg.train.seed,
+        lr_scale: 1.0,
+        rollbacks: 0,
     };
-    if resume {
-        if let Some(&step) = checkpoint::list_checkpoints(output).last() {
-            let ckpt = LoadedCheckpoint::read(&checkpoint::checkpoint_dir(output, step), cfg.method.kind)?;
-            ckpt.restore(&params, &mut opt)?;
-            state = TrainerState { total_steps, ..ckpt.state.clone() };
-            log(sink, format!("resumed from {}", ckpt.dir.display()));
-        } else {
-            log(sink, "no checkpoint to resume from; starting from step 0");
+    if opts.resume {
+        let (found, warnings) = checkpoint::newest_valid(output, cfg.method.kind);
+        for w in warnings {
+            alert(sink, 0, "corrupt_checkpoint", w, "the previous checkpoint is used instead; nothing was deleted");
+        }
+        match found {
+            Some(ckpt) => {
+                let saved = ckpt.dir.join("train_config.toml");
+                if let (Ok(old), false) = (TrainConfig::from_toml_file(&saved), opts.force) {
+                    let changed = crate::config::result_affecting_changes(&old, cfg);
+                    if !changed.is_empty() {
+                        return Err(EngineError::config(
+                            changed.join(", "),
+                            format!(
+                                "changed since the checkpoint in {}; resuming would not continue the same run (force it to resume anyway)",
+                                ckpt.dir.display()
+                            ),
+                        ));
+                    }
+                }
+                ckpt.restore(&params, &mut opt)?;
+                state = TrainerState { total_steps, ..ckpt.state.clone() };
+                log(sink, format!("resumed from {}", ckpt.dir.display()));
+            }
+            None => log(sink, "no checkpoint to resume from; starting from step 0"),
         }
     }
     fsutil::write_atomic(&output.join("train_config.toml"), cfg.to_toml().as_bytes())?;
@@ -204,11 +248,13 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
     let first_step = state.step;
     let mut last_checkpoint_step = None;
     let mut eval_loss = None;
+    let mut guard = LossGuard::default();
 
     while state.step < total_steps {
         if let Some(req) = stop.requested() {
             return stop_early(req, output, lm, &params, &opt, &state, cfg, last_checkpoint_step, sink);
         }
+        faults.before_step(state.step + 1)?;
         let step_start = Instant::now();
         let batches: Vec<StepBatch> = (0..accum)
             .map(|k| StepBatch::collate(&model, &cursor.micro_batch(state.micro_batches + k), pad))
@@ -227,16 +273,24 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
         }
         let grads = acc.finish(&params)?;
         let (norm, grads) = clip_grad_norm(&grads, cfg.train.max_grad_norm)?;
-        let lr = lr_at(schedule, cfg.train.lr, state.step as usize, cfg.train.warmup_steps, total_steps as usize);
-        opt.step(&grads, lr)?;
-        drop(grads);
-
-        // The one host synchronisation of the step: the metrics we report.
-        let loss = match &loss_sum {
+        // The one host synchronisation of the step: the metrics we report, read before the
+        // update so that a bad step never reaches the weights.
+        let mut loss = match &loss_sum {
             Some(s) => s.to_scalar::<f32>()? as f64 / n_total.max(1) as f64,
             None => f64::NAN,
         };
+        if faults.at(Fault::Nan, state.step + 1) {
+            loss = f64::NAN;
+        }
         let grad_norm = norm.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+        if let Verdict::Rollback { reason } = guard.observe(loss, grad_norm) {
+            drop(grads);
+            recover(&reason, output, &params, &mut opt, &mut state, &mut guard, cfg, sink)?;
+            continue;
+        }
+        let lr = state.lr_scale * lr_at(schedule, cfg.train.lr, state.step as usize, cfg.train.warmup_steps, total_steps as usize);
+        opt.step(&grads, lr)?;
+        drop(grads);
         state.step += 1;
         state.micro_batches += accum;
         state.tokens += tokens;
@@ -277,9 +331,20 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
         }
         let every_ckpt = cfg.checkpoint.every_steps as u64;
         if every_ckpt > 0 && state.step % every_ckpt == 0 {
-            let dir = checkpoint::write_checkpoint(output, lm, &params, &opt, &state, cfg)?;
-            last_checkpoint_step = Some(state.step);
-            sink.emit(&TrainEvent::Checkpoint { step: state.step, path: dir.display().to_string() });
+            match checkpoint::write_checkpoint(output, lm, &params, &opt, &state, cfg) {
+                Ok(dir) => {
+                    last_checkpoint_step = Some(state.step);
+                    sink.emit(&TrainEvent::Checkpoint { step: state.step, path: dir.display().to_string() });
+                }
+                // Training goes on: the older checkpoints are intact and the next attempt may work.
+                Err(e) => alert(
+                    sink,
+                    state.step,
+                    "checkpoint_failed",
+                    format!("the checkpoint at step {} could not be written: {e}", state.step),
+                    "free disk space or fix the output folder's permissions; training continues",
+                ),
+            }
         }
     }
 
@@ -304,6 +369,58 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
         status: "completed".into(),
     });
     Ok(TrainOutcome { status: TrainStatus::Completed, step: state.step, final_loss: state.last_loss, best_loss: state.best_loss, eval_loss })
+}
+
+/// Handles a bad step: back to the newest valid checkpoint (or, without one, just skips the
+/// update, which never reached the weights) with the learning rate halved.
+#[allow(clippy::too_many_arguments)]
+fn recover(
+    reason: &str,
+    output: &Path,
+    params: &[(String, Var)],
+    opt: &mut AdamW,
+    state: &mut TrainerState,
+    guard: &mut LossGuard,
+    cfg: &TrainConfig,
+    sink: &mut dyn EventSink,
+) -> Result<()> {
+    let at = state.step + 1;
+    if state.rollbacks >= MAX_ROLLBACKS {
+        return Err(EngineError::Other(format!(
+            "step {at}: {reason}, and {MAX_ROLLBACKS} recoveries did not help; lower train.lr or check the data"
+        )));
+    }
+    let rollbacks = state.rollbacks + 1;
+    let lr_scale = lr_factor(rollbacks);
+    let (found, warnings) = checkpoint::newest_valid(output, cfg.method.kind);
+    for w in warnings {
+        alert(sink, at, "corrupt_checkpoint", w, "the previous checkpoint is used instead");
+    }
+    let back_to = match found {
+        Some(ckpt) => {
+            ckpt.restore(params, opt)?;
+            *state = TrainerState { total_steps: state.total_steps, ..ckpt.state.clone() };
+            format!("rolled back to the checkpoint of step {}", ckpt.state.step)
+        }
+        None => {
+            // The update never reached the weights; skip this step's batch so a batch that
+            // breaks the forward pass cannot stop the run.
+            state.step += 1;
+            state.micro_batches += cfg.train.grad_accum as u64;
+            "skipped this step's batch (no checkpoint yet)".to_string()
+        }
+    };
+    state.rollbacks = rollbacks;
+    state.lr_scale = lr_scale;
+    guard.reset();
+    alert(
+        sink,
+        at,
+        "recovered",
+        format!("step {at}: {reason}; {back_to} and lowered the learning rate to {lr_scale}x"),
+        "if this repeats, lower train.lr or raise train.warmup_steps",
+    );
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,0 +1,125 @@
+//! `worker`: runs one training job for the studio's supervisor. It prints the engine's events as
+//! NDJSON on stdout (one `TrainEvent` per line, flushed), writes everything else to stderr, and
+//! stops on signals: SIGUSR1 or SIGINT pause (finish the step, checkpoint, exit 0), SIGTERM
+//! cancels (exit 130). With `--stop-on-stdin-eof` it also pauses when its stdin closes, which is
+//! how it notices that the studio that started it has gone. With `--events-file` every event is
+//! also appended to that file, so a studio that crashed can recover the steps it never read.
+//! Exit status: 0 completed or paused, 130 cancelled, 1 failed (after a
+//! `{"event":"failed","error":...}` line).
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use finetune_engine::config::TrainConfig;
+use finetune_engine::train::{Interrupter, StopRequest, TrainEvent, TrainStatus, train};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// The training config: a `.json` file (the studio's job config) or a TOML file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Output folder for the adapter, checkpoints and logs.
+    #[arg(long)]
+    output: PathBuf,
+    /// Continue from the newest checkpoint in the output folder.
+    #[arg(long)]
+    resume: bool,
+    /// Pause (checkpoint and exit) when stdin reaches end of file.
+    #[arg(long)]
+    stop_on_stdin_eof: bool,
+    /// Also append every event (NDJSON) to this file.
+    #[arg(long)]
+    events_file: Option<PathBuf>,
+}
+
+fn load(path: &Path) -> anyhow::Result<TrainConfig> {
+    if path.extension().is_some_and(|e| e == "json") {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+        Ok(TrainConfig::from_json(value).with_context(|| format!("{}", path.display()))?)
+    } else {
+        Ok(TrainConfig::from_toml_file(path)?)
+    }
+}
+
+/// Where events go: stdout, and the events file when there is one.
+struct Outputs {
+    file: Option<std::fs::File>,
+    stdout_broken: bool,
+}
+
+impl Outputs {
+    /// One event per line; a closed stdout means the studio is gone, so the run pauses.
+    fn emit(&mut self, event: &TrainEvent, stop: &Interrupter) {
+        let Ok(mut line) = serde_json::to_vec(event) else { return };
+        line.push(b'\n');
+        if let Some(f) = &mut self.file {
+            // One write per line: a line is whole in the file even if the studio dies.
+            if f.write_all(&line).is_err() {
+                self.file = None;
+            }
+        }
+        if self.stdout_broken {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        if out.write_all(&line).and_then(|_| out.flush()).is_err() {
+            self.stdout_broken = true;
+            stop.request(StopRequest::Pause);
+        }
+    }
+}
+
+fn fail(error: &str) {
+    let line = serde_json::json!({"event": "failed", "error": error});
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let cfg = match load(&a.config) {
+        Ok(c) => c,
+        Err(e) => {
+            fail(&format!("{e:#}"));
+            return Err(e);
+        }
+    };
+    let stop = Interrupter::new();
+    signal_hook::flag::register_usize(signal_hook::consts::SIGINT, stop.flag(), Interrupter::PAUSE)?;
+    signal_hook::flag::register_usize(signal_hook::consts::SIGUSR1, stop.flag(), Interrupter::PAUSE)?;
+    signal_hook::flag::register_usize(signal_hook::consts::SIGTERM, stop.flag(), Interrupter::CANCEL)?;
+    if a.stop_on_stdin_eof {
+        let stop = stop.clone();
+        std::thread::Builder::new().name("stdin-watch".into()).spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            stop.request(StopRequest::Pause);
+        })?;
+    }
+    let file = match &a.events_file {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("{}: cannot open the events file", p.display()))?,
+        ),
+        None => None,
+    };
+    let mut outputs = Outputs { file, stdout_broken: false };
+    let mut sink = |e: &TrainEvent| outputs.emit(e, &stop);
+    match train(&cfg, &a.output, a.resume, &mut sink, &stop) {
+        Ok(outcome) => Ok(match outcome.status {
+            TrainStatus::Completed | TrainStatus::Paused => ExitCode::SUCCESS,
+            TrainStatus::Cancelled => ExitCode::from(130),
+        }),
+        Err(e) => {
+            fail(&e.to_string());
+            Err(e.into())
+        }
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian/Ubuntu machine, installing what it needs: system
+# packages (WebKitGTK, its WebDriver, Xvfb, Chromium), npm packages, tauri-driver. Then: the web
+# UI build (with a check that its API types match the server), every workspace test, the desktop
+# shell's build and tests, the browser E2E suite (headless Chromium) and the desktop E2E suite
+# (Xvfb + tauri-driver). CI (.ci/run) calls exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/apt.sh
+
+# These 2-vCPU machines behave like one physical core: one thread is 3-4x faster than two.
+export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+start=$(date +%s)
+step() { echo; echo "== $* (+$(( $(date +%s) - start ))s)"; }
+
+step "system packages"
+apt_install build-essential pkg-config curl ca-certificates \
+  libwebkit2gtk-4.1-dev webkit2gtk-driver xvfb xauth chromium
+need_rust
+need_node
+
+step "web UI (npm ci, types from ui/openapi.json, vite build)"
+build_ui
+(cd ui && npm run --silent check:api) || { echo "error: ui/src/api/schema.d.ts is out of date: run 'npm run gen:api' in ui/" >&2; exit 1; }
+(cd tests/e2e && { [ -d node_modules ] && [ ! package-lock.json -nt node_modules/.package-lock.json ] || npm ci --no-audit --no-fund; })
+
+step "tauri-driver"
+if ! command -v tauri-driver >/dev/null; then
+  cargo install tauri-driver --version '^2' --locked
+fi
+
+step "cargo test (workspace; the desktop shell separately, with its own flags)"
+cargo test --workspace --exclude finetune-desktop --locked "$@"
+
+step "desktop shell: build and test (custom-protocol)"
+cargo build -p finetune-desktop --features custom-protocol --locked
+cargo test -p finetune-desktop --features custom-protocol --locked
+
+step "browser E2E (headless Chromium, real studio and workers)"
+cargo build -p finetune-cli --locked
+(cd tests/e2e && node --test --test-concurrency=1 browser/)
+
+step "desktop E2E (Xvfb + tauri-driver)"
+(cd tests/e2e && xvfb-run -a --server-args="-screen 0 1280x800x24" node --test --test-concurrency=1 desktop/)
+
+step "done"

@@ -1,0 +1,75 @@
+// The desktop app under Xvfb, driven through tauri-driver (WebKitWebDriver) with webdriverio in
+// classic WebDriver mode: the window opens on the bundled UI, the dashboard renders from the
+// in-process studio (cross-origin, with the launch token), and a job is started from the
+// wizard and watched until its loss chart has points. Real workers, tiny fixture model.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { remote } from 'webdriverio';
+import { BIN, FIXTURES, ROOT, waitFor } from '../lib/studio.mjs';
+
+const APP = process.env.FINETUNE_DESKTOP_BIN ?? join(ROOT, 'target/debug/finetune-studio-desktop');
+const DRIVER = process.env.TAURI_DRIVER ?? 'tauri-driver';
+const SHOTS = join(ROOT, 'target/e2e-screenshots');
+let driver, browser, home;
+
+before(async () => {
+  home = mkdtempSync(join(tmpdir(), 'desktop-e2e-'));
+  mkdirSync(SHOTS, { recursive: true });
+  driver = spawn(DRIVER, ['--port', '4444'], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+    env: {
+      ...process.env,
+      FINETUNE_STUDIO_HOME: home,
+      FINETUNE_STUDIO_WORKER: BIN,
+      FINETUNE_STUDIO_DEMO_MODEL: join(FIXTURES, 'models/llama'),
+      RAYON_NUM_THREADS: '1',
+    },
+  });
+  await waitFor('tauri-driver to listen', async () => {
+    try { return (await fetch('http://127.0.0.1:4444/status')).ok; } catch { return false; }
+  }, 30000);
+  browser = await remote({
+    hostname: '127.0.0.1', port: 4444, logLevel: 'error', connectionRetryCount: 0,
+    capabilities: { browserName: 'wry', 'tauri:options': { application: APP }, 'wdio:enforceWebDriverClassic': true },
+  });
+});
+
+after(async () => {
+  await browser?.deleteSession().catch(() => {});
+  driver?.kill('SIGTERM');
+  rmSync(home, { recursive: true, force: true });
+});
+
+test('the window opens on the dashboard', async () => {
+  assert.equal(await browser.getTitle(), 'Finetune Studio');
+  const device = await browser.$('[data-testid="device"]');
+  await device.waitForDisplayed({ timeout: 30000 });
+  assert.match(await device.getText(), /CPU/);
+  assert.equal(await browser.execute(() => typeof window.__TAURI__?.core?.invoke), 'function', 'the native dialogs are reachable');
+  assert.match(await browser.execute(() => window.__STUDIO__?.base ?? ''), /^http:\/\/127\.0\.0\.1:\d+$/);
+  await browser.saveScreenshot(join(SHOTS, 'desktop-dashboard.png'));
+});
+
+test('a job is started from the wizard and watched', async () => {
+  const demo = await browser.$('button=Try the demo');
+  await demo.waitForClickable({ timeout: 20000 });
+  await demo.click();
+  const steps = await browser.$('#f-train-max_steps');
+  await steps.waitForDisplayed({ timeout: 30000 });
+  await steps.clearValue();
+  await steps.setValue('200');
+  const start = await browser.$('[data-testid="start"]');
+  await browser.waitUntil(() => start.isEnabled(), { timeout: 10000, timeoutMsg: 'Start stays disabled' });
+  await start.click();
+  await browser.waitUntil(async () => (await browser.getUrl()).includes('#/jobs/job-'), { timeout: 20000, timeoutMsg: 'no job page' });
+  const chart = await browser.$('[data-testid="loss-chart"]');
+  await browser.waitUntil(async () => Number(await chart.getAttribute('data-points')) > 10, { timeout: 90000, timeoutMsg: 'no points on the loss chart' });
+  const status = () => browser.execute(() => document.querySelector('[data-testid="job-status"]')?.textContent);
+  await browser.waitUntil(async () => (await status()) === 'completed', { timeout: 120000, timeoutMsg: 'the job did not complete' });
+  assert.equal(Number(await chart.getAttribute('data-points')), 200);
+  await browser.saveScreenshot(join(SHOTS, 'desktop-job.png'));
+});
