@@ -1,10 +1,10 @@
-//! Evaluation: the token-weighted mean next-token cross-entropy of a set of examples, and its
-//! perplexity.
+//! Evaluation: the token-weighted mean next-token cross-entropy of a set of examples (target-token
+//! cross-entropy for encoder-decoders), and its perplexity.
 
 use crate::data::{Batch, Example};
 use crate::error::Result;
 use crate::layers::ForwardCtx;
-use crate::model::{CausalLm, next_token_targets};
+use crate::model::{AnyModel, CausalLm, Seq2SeqBatch, Seq2SeqLm, next_token_targets};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -36,4 +36,32 @@ pub fn evaluate(model: &CausalLm, examples: &[Example], batch_size: usize, pad_i
     }
     let loss = if tokens > 0 { total / tokens as f64 } else { f64::NAN };
     Ok(EvalResult { loss, perplexity: loss.exp(), tokens })
+}
+
+/// Mean loss over every labelled target token of seq2seq `examples` (source in `input_ids`,
+/// target in `labels`).
+pub fn evaluate_seq2seq(model: &Seq2SeqLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<EvalResult> {
+    let ctx = ForwardCtx::eval();
+    let mut total = 0f64;
+    let mut tokens = 0u64;
+    for chunk in examples.chunks(batch_size.max(1)) {
+        let pairs: Vec<(&[u32], &[i64])> = chunk.iter().map(|e| (&e.input_ids[..], &e.labels[..])).collect();
+        let b = Seq2SeqBatch::collate(&pairs, pad_id);
+        if b.targets() == 0 {
+            continue;
+        }
+        let (sum, n) = model.loss_sum(&b, &ctx)?;
+        total += sum.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        tokens += n as u64;
+    }
+    let loss = if tokens > 0 { total / tokens as f64 } else { f64::NAN };
+    Ok(EvalResult { loss, perplexity: loss.exp(), tokens })
+}
+
+/// [`evaluate`] or [`evaluate_seq2seq`], whichever the model is.
+pub fn evaluate_any(model: &AnyModel, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<EvalResult> {
+    match model {
+        AnyModel::Causal(m) => evaluate(m, examples, batch_size, pad_id),
+        AnyModel::Seq2Seq(m) => evaluate_seq2seq(m, examples, batch_size, pad_id),
+    }
 }

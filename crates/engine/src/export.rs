@@ -3,7 +3,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::fsutil;
-use crate::model::CausalLm;
+use crate::model::LanguageModel;
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,7 +23,7 @@ const SIDE_FILES: &[&str] = &[
 
 /// Writes `model` with its adapters merged as an HF folder at `out`, copying side files from
 /// `base_dir`. Weights keep the model's dtype.
-pub fn write_hf_folder(model: &CausalLm, base_dir: &Path, out: &Path) -> Result<()> {
+pub fn write_hf_folder(model: &dyn LanguageModel, base_dir: &Path, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out).map_err(|e| EngineError::io(out, e))?;
     let tensors: HashMap<String, Tensor> = model.merged_weights()?.into_iter().collect();
     let weights = out.join("model.safetensors");

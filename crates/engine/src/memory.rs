@@ -217,8 +217,7 @@ mod tests {
                 "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096
             }),
         );
-        let spec = crate::arch::detect(&cfg).unwrap();
-        ModelDims::from_config(&cfg, spec).unwrap()
+        crate::arch::resolve(&cfg).unwrap().1
     }
 
     fn opts(method: MethodKind, batch: usize, seq: usize) -> MemoryOptions {

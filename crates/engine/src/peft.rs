@@ -6,7 +6,7 @@ use crate::config::{LoraSection, MethodKind};
 use crate::error::{EngineError, Result};
 use crate::fsutil;
 use crate::layers::{AdapterPlan, TargetSet, peft_name};
-use crate::model::{CausalLm, SafetensorsWeights, WeightSource};
+use crate::model::{LanguageModel, SafetensorsWeights, WeightSource};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -72,9 +72,12 @@ impl PeftAdapter {
         if config.peft_type != "LORA" {
             return Err(EngineError::file(&cfg_path, format!("peft_type `{}` is not supported (LORA only)", config.peft_type)));
         }
-        if config.use_dora || config.fan_in_fan_out {
-            return Err(EngineError::file(&cfg_path, "DoRA and fan_in_fan_out adapters are not supported yet"));
+        if config.use_dora {
+            return Err(EngineError::file(&cfg_path, "DoRA adapters are not supported yet"));
         }
+        // `fan_in_fan_out` (GPT-2 Conv1D) only says how PEFT merges into an `[in, out]` weight: the
+        // stored lora_A `[r, in]` and lora_B `[out, r]` are the same, and the model transposes
+        // Conv1D weights on load, so the adapter applies unchanged.
         if config.r == 0 {
             return Err(EngineError::file(&cfg_path, "`r` must be at least 1"));
         }
@@ -120,7 +123,7 @@ fn short_names(adapted: &[String], all: &[String]) -> Option<Vec<String>> {
 }
 
 /// Writes the model's adapters as a PEFT folder.
-pub fn write_adapter(dir: &Path, model: &CausalLm, lora: &LoraSection, base_model: &str) -> Result<()> {
+pub fn write_adapter(dir: &Path, model: &dyn LanguageModel, lora: &LoraSection, base_model: &str) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut adapted = Vec::new();
@@ -146,7 +149,7 @@ pub fn write_adapter(dir: &Path, model: &CausalLm, lora: &LoraSection, base_mode
     };
     let config = AdapterConfig {
         peft_type: "LORA".into(),
-        task_type: "CAUSAL_LM".into(),
+        task_type: model.task_type().into(),
         r,
         lora_alpha: lora.alpha,
         lora_dropout: lora.dropout,
@@ -154,7 +157,7 @@ pub fn write_adapter(dir: &Path, model: &CausalLm, lora: &LoraSection, base_mode
         bias: "none".into(),
         use_rslora: lora.use_rslora,
         use_dora: false,
-        fan_in_fan_out: false,
+        fan_in_fan_out: model.fan_in_fan_out(),
         base_model_name_or_path: Some(base_model.to_string()),
         inference_mode: true,
         init_lora_weights: Value::Bool(true),

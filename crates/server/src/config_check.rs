@@ -112,8 +112,8 @@ pub fn inspect_model(dir: &Path) -> Result<&'static str, String> {
         return Err(format!("{}: no such folder", dir.display()));
     }
     let hf = finetune_engine::model::HfConfig::from_dir(dir).map_err(|e| e.to_string())?;
-    let spec = finetune_engine::arch::detect(&hf).map_err(|e| e.to_string())?;
-    Ok(spec.family)
+    let family = finetune_engine::arch::detect(&hf).map_err(|e| e.to_string())?;
+    Ok(family.name())
 }
 
 /// Makes the config's paths absolute, so the job does not depend on the studio's working dir.

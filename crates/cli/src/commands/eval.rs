@@ -1,4 +1,5 @@
-//! `eval`: the token-weighted mean next-token loss of a dataset under a model (+ adapter).
+//! `eval`: the token-weighted mean next-token loss of a dataset under a model (+ adapter); for an
+//! encoder-decoder, the mean loss of its targets.
 
 use clap::Args as ClapArgs;
 use finetune_engine::{config::MethodKind, data, device, eval, layers::AdapterPlan, model, peft::PeftAdapter, tokenizer::TextTokenizer};
@@ -33,14 +34,21 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Some(dir) => PeftAdapter::read(dir)?.plan(MethodKind::Lora, 0),
         None => AdapterPlan::frozen(),
     };
-    let m = model::load_causal_lm(&a.model, plan, dtype, &dev)?;
+    let m = model::load_model(&a.model, plan, dtype, &dev)?;
     let tok = TextTokenizer::from_dir(&a.model)?;
-    let (data_cfg, note) = cfg.data_for_context(m.dims.max_positions);
+    let max_positions = match &m {
+        model::AnyModel::Causal(c) => c.dims.max_positions,
+        model::AnyModel::Seq2Seq(s) => s.dims.max_positions,
+    };
+    let (data_cfg, note) = cfg.data_for_context(max_positions);
     if let Some(note) = note {
         eprintln!("{note}");
     }
-    let ds = data::load_dataset(&a.data, &data_cfg, &tok, cfg.train.seed)?;
-    let r = eval::evaluate(&m, &ds.train, cfg.train.batch_size, tok.pad_id())?;
+    let ds = match &m {
+        model::AnyModel::Causal(_) => data::load_dataset(&a.data, &data_cfg, &tok, cfg.train.seed)?,
+        model::AnyModel::Seq2Seq(_) => data::load_seq2seq_dataset(&a.data, &data_cfg, &tok, cfg.train.seed)?,
+    };
+    let r = eval::evaluate_any(&m, &ds.train, cfg.train.batch_size, tok.pad_id())?;
     if a.json {
         println!("{}", serde_json::json!({"loss": r.loss, "perplexity": r.perplexity, "tokens": r.tokens}));
     } else {

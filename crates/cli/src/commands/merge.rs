@@ -22,8 +22,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let dev = finetune_engine::Device::Cpu;
     let dtype = device::resolve_dtype(&a.dtype, &dev)?;
     let adapter = PeftAdapter::read(&a.adapter)?;
-    let m = model::load_causal_lm(&a.model, adapter.plan(MethodKind::Lora, 0), dtype, &dev)?;
-    export::write_hf_folder(&m, &a.model, &a.output)?;
-    eprintln!("merged {} adapted modules into {}", m.adapted.len(), a.output.display());
+    let m = model::load_model(&a.model, adapter.plan(MethodKind::Lora, 0), dtype, &dev)?;
+    export::write_hf_folder(m.as_dyn(), &a.model, &a.output)?;
+    eprintln!("merged {} adapted modules into {}", m.adapted().len(), a.output.display());
     Ok(ExitCode::SUCCESS)
 }

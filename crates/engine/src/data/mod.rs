@@ -7,7 +7,8 @@
 //! - [`source`]: rows and their line numbers; [`format`]: record parsing and format detection;
 //! - [`render`]: records to [`Example`]s; [`chat_template`]: Hugging Face-compatible Jinja;
 //! - [`report`]: length policy, counts and the eval split; [`batch`]: collation and epoch order;
-//! - [`pipeline`]: [`load_dataset`], [`preview`] and [`validate_file`].
+//! - [`pipeline`]: [`load_dataset`], [`preview`] and [`validate_file`];
+//! - [`seq2seq`]: source → target examples for encoder-decoder models.
 
 pub mod batch;
 pub mod chat_template;
@@ -15,6 +16,7 @@ pub mod format;
 mod pipeline;
 mod render;
 pub mod report;
+pub mod seq2seq;
 mod source;
 
 pub use batch::{Batch, Example, batches_per_epoch, epoch_order};
@@ -24,6 +26,7 @@ pub use pipeline::{
     Dataset, MAX_RECORD_ERRORS, PreviewRow, PreviewToken, RecordError, load_dataset, preview, validate_file,
 };
 pub use report::{DataReport, Overlong, eval_count};
+pub use seq2seq::{load_seq2seq_dataset, seq2seq_targets};
 
 /// Why one record is bad: the field at fault (dotted path such as `messages[2].role`) and a
 /// message that names it. The pipeline adds the file and line.

@@ -1,277 +1,230 @@
-//! The pieces of a decoder block — norm, attention, MLP — built from an [`ArchSpec`] row. One
-//! attention covers MHA/MQA/GQA and every positional scheme; one MLP covers gated and plain.
+//! One decoder block built from an [`ArchSpec`] row: up to four norms (before/after attention,
+//! before/after the MLP), the one [`Attention`], a dense or sparse feed-forward, and a
+//! sequential or parallel residual with an optional residual multiplier.
 
-use super::dims::{Activation, ModelDims};
-use crate::arch::{ArchSpec, MlpKind, NormKind, QkvLayout, Residual};
+use super::attention::{Attention, AttnConfig, AttnPaths, AttnPos, LayerCache};
+use super::dims::ModelDims;
+use super::mlp::{FeedForward, Mlp, MlpConfig, MlpPaths, Moe, Routing};
+use super::norm::Norm;
+use crate::arch::{ArchSpec, MlpKind, MoeRouting, Residual};
 use crate::error::Result;
-use crate::layers::{ForwardCtx, LayerFactory, Linear, Param};
-use crate::ops::{self, AttentionMask, RopeTables};
+use crate::layers::{ForwardCtx, LayerFactory, Linear};
 use candle_core::{DType, Tensor, Var};
-
-/// A normalisation layer with its weights.
-pub struct Norm {
-    kind: NormKind,
-    weight: Param,
-    bias: Option<Param>,
-    eps: f64,
-}
-
-impl Norm {
-    pub fn load(f: &LayerFactory, kind: NormKind, path: &str, dim: usize, eps: f64, bias: bool) -> Result<Self> {
-        let weight = f.param(&format!("{path}.weight"), &[dim], DType::F32)?;
-        let bias = if bias { Some(f.param(&format!("{path}.bias"), &[dim], DType::F32)?) } else { None };
-        Ok(Self { kind, weight, bias, eps })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = match self.kind {
-            NormKind::Rms { offset } => ops::rms_norm(x, self.weight.tensor(), self.eps, offset)?,
-            NormKind::Layer => {
-                ops::layer_norm(x, Some(self.weight.tensor()), self.bias.as_ref().map(|b| b.tensor()), self.eps)?
-            }
-        };
-        y.to_dtype(x.dtype())
-    }
-
-    pub fn trainable(&self, path: &str, out: &mut Vec<(String, Var)>) {
-        if let Some(v) = self.weight.var() {
-            out.push((format!("{path}.weight"), v.clone()));
-        }
-        if let Some(v) = self.bias.as_ref().and_then(|b| b.var()) {
-            out.push((format!("{path}.bias"), v.clone()));
-        }
-    }
-
-    pub fn weights(&self, path: &str, out: &mut Vec<(String, Tensor)>) {
-        out.push((format!("{path}.weight"), self.weight.tensor().detach()));
-        if let Some(b) = &self.bias {
-            out.push((format!("{path}.bias"), b.tensor().detach()));
-        }
-    }
-}
-
-/// Keys and values of earlier positions, for generation.
-#[derive(Default, Clone)]
-pub struct LayerCache {
-    pub k: Option<Tensor>,
-    pub v: Option<Tensor>,
-}
-
-impl LayerCache {
-    pub fn len(&self) -> usize {
-        self.k.as_ref().and_then(|k| k.dim(1).ok()).unwrap_or(0)
-    }
-}
-
-enum Projections {
-    Separate { q: Box<dyn Linear>, k: Box<dyn Linear>, v: Box<dyn Linear> },
-    Fused(Box<dyn Linear>),
-}
-
-pub struct Attention {
-    proj: Projections,
-    o: Box<dyn Linear>,
-    heads: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    window: Option<usize>,
-    paths: Vec<String>,
-}
-
-impl Attention {
-    fn load(f: &LayerFactory, spec: &ArchSpec, d: &ModelDims, prefix: &str, layer: usize) -> Result<Self> {
-        let n = &spec.names;
-        let (q_out, kv_out) = (d.heads * d.head_dim, d.kv_heads * d.head_dim);
-        let p = |name: &str| format!("{prefix}.{name}");
-        let (proj, mut paths) = match spec.qkv {
-            QkvLayout::Separate => (
-                Projections::Separate {
-                    q: f.linear(&p(n.q), d.hidden, q_out, d.qkv_bias)?,
-                    k: f.linear(&p(n.k), d.hidden, kv_out, d.qkv_bias)?,
-                    v: f.linear(&p(n.v), d.hidden, kv_out, d.qkv_bias)?,
-                },
-                vec![p(n.q), p(n.k), p(n.v)],
-            ),
-            QkvLayout::Fused => {
-                (Projections::Fused(f.linear(&p(n.qkv), d.hidden, q_out + 2 * kv_out, d.qkv_bias)?), vec![p(n.qkv)])
-            }
-        };
-        let o = f.linear(&p(n.o), q_out, d.hidden, d.o_bias)?;
-        paths.push(p(n.o));
-        Ok(Self {
-            proj,
-            o,
-            heads: d.heads,
-            kv_heads: d.kv_heads,
-            head_dim: d.head_dim,
-            window: d.windows.get(layer).copied().flatten(),
-            paths,
-        })
-    }
-
-    fn linears(&self) -> Vec<&dyn Linear> {
-        let mut v: Vec<&dyn Linear> = match &self.proj {
-            Projections::Separate { q, k, v } => vec![q.as_ref(), k.as_ref(), v.as_ref()],
-            Projections::Fused(qkv) => vec![qkv.as_ref()],
-        };
-        v.push(self.o.as_ref());
-        v
-    }
-
-    fn forward(&self, x: &Tensor, rope: Option<&RopeTables>, cache: Option<&mut LayerCache>, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let (hd, nh, nkv) = (self.head_dim, self.heads, self.kv_heads);
-        let (q, k, v) = match &self.proj {
-            Projections::Separate { q, k, v } => (q.forward(x, ctx)?, k.forward(x, ctx)?, v.forward(x, ctx)?),
-            Projections::Fused(qkv) => {
-                let y = qkv.forward(x, ctx)?;
-                (y.narrow(2, 0, nh * hd)?, y.narrow(2, nh * hd, nkv * hd)?, y.narrow(2, (nh + nkv) * hd, nkv * hd)?)
-            }
-        };
-        // [b, t, heads, head_dim]: the layout rope and attention work in, no transposed copies.
-        let heads = |y: Tensor, n: usize| y.contiguous()?.reshape((b, t, n, hd));
-        let (mut q, mut k, mut v) = (heads(q, nh)?, heads(k, nkv)?, heads(v, nkv)?);
-        let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
-        if let Some(rope) = rope {
-            q = ops::rope(&q, rope, offset)?;
-            k = ops::rope(&k, rope, offset)?;
-        }
-        if let Some(cache) = cache {
-            if let (Some(pk), Some(pv)) = (&cache.k, &cache.v) {
-                k = Tensor::cat(&[pk, &k], 1)?;
-                v = Tensor::cat(&[pv, &v], 1)?;
-            }
-            cache.k = Some(k.clone());
-            cache.v = Some(v.clone());
-        }
-        let mut mask = AttentionMask::causal(1.0 / (hd as f64).sqrt());
-        mask.sliding_window = self.window;
-        let y = ops::attention(&q, &k, &v, &mask)?;
-        let y = y.reshape((b, t, nh * hd))?;
-        self.o.forward(&y, ctx)
-    }
-}
-
-pub struct Mlp {
-    kind: MlpKind,
-    gate: Option<Box<dyn Linear>>,
-    up: Box<dyn Linear>,
-    down: Box<dyn Linear>,
-    act: Activation,
-    paths: Vec<String>,
-}
-
-impl Mlp {
-    fn load(f: &LayerFactory, spec: &ArchSpec, d: &ModelDims, prefix: &str) -> Result<Self> {
-        let n = &spec.names;
-        let p = |name: &str| format!("{prefix}.{name}");
-        let gate = match spec.mlp {
-            MlpKind::Gated => Some(f.linear(&p(n.gate), d.hidden, d.intermediate, d.mlp_bias)?),
-            MlpKind::Plain => None,
-        };
-        let up = f.linear(&p(n.up), d.hidden, d.intermediate, d.mlp_bias)?;
-        let down = f.linear(&p(n.down), d.intermediate, d.hidden, d.mlp_bias)?;
-        let mut paths = vec![];
-        if gate.is_some() {
-            paths.push(p(n.gate));
-        }
-        paths.extend([p(n.up), p(n.down)]);
-        Ok(Self { kind: spec.mlp, gate, up, down, act: d.act, paths })
-    }
-
-    fn linears(&self) -> Vec<&dyn Linear> {
-        let mut v: Vec<&dyn Linear> = self.gate.iter().map(|g| g.as_ref()).collect();
-        v.push(self.up.as_ref());
-        v.push(self.down.as_ref());
-        v
-    }
-
-    fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
-        let h = match (self.kind, &self.gate) {
-            (MlpKind::Gated, Some(gate)) => {
-                let (g, u) = (gate.forward(x, ctx)?, self.up.forward(x, ctx)?);
-                match self.act.fused_gate() {
-                    Some(act) => ops::gated(&g, &u, act)?,
-                    None => (self.act.apply(&g)? * u)?,
-                }
-            }
-            _ => self.act.apply(&self.up.forward(x, ctx)?)?,
-        };
-        self.down.forward(&h, ctx)
-    }
-}
 
 /// One decoder block.
 pub struct Block {
     residual: Residual,
-    input_norm: Norm,
-    post_norm: Option<Norm>,
+    residual_scale: Option<f64>,
+    attn_norm: Option<Norm>,
+    attn_out_norm: Option<Norm>,
+    mlp_norm: Option<Norm>,
+    mlp_out_norm: Option<Norm>,
     attn: Attention,
-    mlp: Mlp,
-    norm_names: (String, String),
+    ff: FeedForward,
+}
+
+fn path(prefix: &str, name: &str) -> String {
+    if name.is_empty() { String::new() } else { format!("{prefix}.{name}") }
 }
 
 impl Block {
     pub fn load(f: &LayerFactory, spec: &ArchSpec, d: &ModelDims, layer: usize) -> Result<Self> {
-        let prefix = spec.names.layer.replace("{i}", &layer.to_string());
-        let norm_bias = spec.norm == NormKind::Layer;
-        let in_name = format!("{prefix}.{}", spec.names.input_norm);
-        let post_name = format!("{prefix}.{}", spec.names.post_norm);
-        let input_norm = Norm::load(f, spec.norm, &in_name, d.hidden, d.norm_eps, norm_bias)?;
-        let post_norm = match spec.residual {
-            Residual::Sequential => Some(Norm::load(f, spec.norm, &post_name, d.hidden, d.norm_eps, norm_bias)?),
-            Residual::Parallel => None,
+        let n = &spec.names;
+        let prefix = n.layer.replace("{i}", &layer.to_string());
+        let p = |name: &str| path(&prefix, name);
+        let norm = |name: &str| -> Result<Option<Norm>> {
+            if name.is_empty() {
+                return Ok(None);
+            }
+            Norm::load(f, spec.norm, &p(name), d.hidden, d.norm_eps, d.norm_bias).map(Some)
+        };
+        let attn_cfg = AttnConfig {
+            hidden: d.hidden,
+            heads: d.heads,
+            kv_heads: d.kv_heads,
+            head_dim: d.head_dim,
+            layout: spec.qkv,
+            weight_layout: spec.weight_layout,
+            qkv_bias: d.qkv_bias,
+            o_bias: d.o_bias,
+            qk_norm: spec.qk_norm,
+            norm: spec.norm,
+            norm_eps: d.norm_eps,
+            norm_bias: d.norm_bias,
+            clip: d.clip_qkv,
+            scale: d.attn_scale,
+            softcap: d.attn_softcap,
+            window: d.windows.get(layer).copied().flatten(),
+            causal: true,
+            mla: d.mla,
+        };
+        let attn_paths = AttnPaths {
+            q: p(n.q),
+            k: p(n.k),
+            v: p(n.v),
+            o: p(n.o),
+            qkv: p(n.qkv),
+            q_norm: p(n.q_norm),
+            k_norm: p(n.k_norm),
+            q_a: p(n.q_a),
+            q_b: p(n.q_b),
+            kv_a: p(n.kv_a),
+            kv_b: p(n.kv_b),
+        };
+        let dense_kind = match spec.mlp {
+            MlpKind::Moe(_) => MlpKind::Gated,
+            k => k,
+        };
+        let mlp_cfg = MlpConfig {
+            hidden: d.hidden,
+            intermediate: d.intermediate,
+            kind: dense_kind,
+            act: d.act,
+            bias: d.mlp_bias,
+            weight_layout: spec.weight_layout,
+        };
+        let ff = match &d.moe {
+            Some(moe) if moe.sparse_layers.get(layer).copied().unwrap_or(false) => {
+                let ep = |e: usize| p(&n.experts.replace("{e}", &e.to_string()));
+                let experts: Vec<MlpPaths> = (0..moe.experts)
+                    .map(|e| {
+                        let prefix = ep(e);
+                        MlpPaths {
+                            gate: path(&prefix, n.gate),
+                            up: path(&prefix, n.up),
+                            gate_up: String::new(),
+                            down: path(&prefix, n.down),
+                        }
+                    })
+                    .collect();
+                let cfg = MlpConfig { intermediate: moe.expert_intermediate, ..mlp_cfg.clone() };
+                let shared = (moe.shared_intermediate > 0).then(|| {
+                    let sp = p(n.shared_experts);
+                    let paths = MlpPaths {
+                        gate: path(&sp, n.gate),
+                        up: path(&sp, n.up),
+                        gate_up: String::new(),
+                        down: path(&sp, n.down),
+                    };
+                    (MlpConfig { intermediate: moe.shared_intermediate, ..mlp_cfg.clone() }, paths)
+                });
+                let routing = match spec.mlp {
+                    MlpKind::Moe(MoeRouting::SigmoidGroupTopK) => Routing::GroupSigmoid {
+                        bias: f
+                            .tensor(
+                                &format!("{}.e_score_correction_bias", p(n.router)),
+                                &[moe.experts],
+                                DType::F32,
+                            )?
+                            .to_vec1::<f32>()?,
+                        groups: moe.groups,
+                        topk_group: moe.topk_group,
+                        renormalize: moe.renormalize,
+                        scale: moe.routed_scale,
+                    },
+                    _ => Routing::Softmax { renormalize: moe.renormalize },
+                };
+                FeedForward::Sparse(Moe::load(f, &cfg, &p(n.router), &experts, shared, moe.top_k, routing)?)
+            }
+            Some(_) => {
+                // A dense layer of a mixture-of-experts model: `mlp.{gate,up,down}`.
+                let dp = p("mlp");
+                let paths = MlpPaths {
+                    gate: path(&dp, n.gate),
+                    up: path(&dp, n.up),
+                    gate_up: String::new(),
+                    down: path(&dp, n.down),
+                };
+                FeedForward::Dense(Mlp::load(f, &mlp_cfg, &paths)?)
+            }
+            None => {
+                let paths = MlpPaths { gate: p(n.gate), up: p(n.up), gate_up: p(n.gate_up), down: p(n.down) };
+                FeedForward::Dense(Mlp::load(f, &mlp_cfg, &paths)?)
+            }
         };
         Ok(Self {
-            attn: Attention::load(f, spec, d, &prefix, layer)?,
-            mlp: Mlp::load(f, spec, d, &prefix)?,
             residual: spec.residual,
-            input_norm,
-            post_norm,
-            norm_names: (in_name, post_name),
+            residual_scale: d.residual_scale,
+            attn_norm: norm(n.attn_norm)?,
+            attn_out_norm: norm(n.attn_out_norm)?,
+            mlp_norm: norm(n.mlp_norm)?,
+            mlp_out_norm: norm(n.mlp_out_norm)?,
+            attn: Attention::load(f, &attn_cfg, &attn_paths)?,
+            ff,
         })
     }
 
-    pub fn forward(&self, x: &Tensor, rope: Option<&RopeTables>, cache: Option<&mut LayerCache>, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
-        let h = self.input_norm.forward(x)?;
-        let a = self.attn.forward(&h, rope, cache, ctx)?;
-        match (&self.post_norm, self.residual) {
-            (Some(post), Residual::Sequential) => {
+    fn apply(norm: &Option<Norm>, x: &Tensor) -> candle_core::Result<Tensor> {
+        match norm {
+            Some(n) => n.forward(x),
+            None => Ok(x.clone()),
+        }
+    }
+
+    fn scaled(&self, y: Tensor) -> candle_core::Result<Tensor> {
+        match self.residual_scale {
+            Some(s) => y * s,
+            None => Ok(y),
+        }
+    }
+
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        pos: AttnPos,
+        cache: Option<&mut LayerCache>,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        let h = Self::apply(&self.attn_norm, x)?;
+        let a = self.attn.forward(&h, None, pos, cache, ctx)?;
+        let a = self.scaled(Self::apply(&self.attn_out_norm, &a)?)?;
+        match self.residual {
+            Residual::Sequential => {
                 let x = (x + a)?;
-                let m = self.mlp.forward(&post.forward(&x)?, ctx)?;
+                let m = self.ff.forward(&Self::apply(&self.mlp_norm, &x)?, ctx)?;
+                let m = self.scaled(Self::apply(&self.mlp_out_norm, &m)?)?;
                 x + m
             }
-            _ => {
-                let m = self.mlp.forward(&h, ctx)?;
+            Residual::Parallel => {
+                let m_in = match &self.mlp_norm {
+                    Some(n) => n.forward(x)?,
+                    None => h,
+                };
+                let m = self.ff.forward(&m_in, ctx)?;
+                let m = self.scaled(Self::apply(&self.mlp_out_norm, &m)?)?;
                 (x + a)? + m
             }
         }
     }
 
+    fn norms(&self) -> impl Iterator<Item = &Norm> {
+        [&self.attn_norm, &self.attn_out_norm, &self.mlp_norm, &self.mlp_out_norm]
+            .into_iter()
+            .flatten()
+            .chain(self.attn.norms())
+    }
+
     /// Every linear layer of the block with its module path.
     pub fn linears(&self) -> Vec<(&str, &dyn Linear)> {
-        let paths = self.attn.paths.iter().chain(self.mlp.paths.iter());
-        let layers = self.attn.linears().into_iter().chain(self.mlp.linears());
+        let paths = self.attn.paths().iter().chain(self.ff.paths().iter());
+        let layers = self.attn.linears().into_iter().chain(self.ff.linears());
         paths.map(String::as_str).zip(layers).collect()
     }
 
     pub fn trainable(&self, out: &mut Vec<(String, Var)>) {
-        for (path, l) in self.linears() {
-            for (name, v) in l.trainable() {
-                out.push((format!("{path}.{name}"), v));
-            }
-        }
-        self.input_norm.trainable(&self.norm_names.0, out);
-        if let Some(p) = &self.post_norm {
-            p.trainable(&self.norm_names.1, out);
+        self.attn.trainable(out);
+        self.ff.trainable(out);
+        for n in
+            [&self.attn_norm, &self.attn_out_norm, &self.mlp_norm, &self.mlp_out_norm].into_iter().flatten()
+        {
+            n.trainable(out);
         }
     }
 
     /// Non-linear weights (norms) by name, for writing a merged model.
     pub fn norm_weights(&self, out: &mut Vec<(String, Tensor)>) {
-        self.input_norm.weights(&self.norm_names.0, out);
-        if let Some(p) = &self.post_norm {
-            p.weights(&self.norm_names.1, out);
+        for n in self.norms() {
+            n.weights(out);
         }
     }
 }

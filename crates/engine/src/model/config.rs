@@ -11,10 +11,14 @@ use std::path::{Path, PathBuf};
 pub enum RopeScaling {
     None,
     Linear { factor: f64 },
+    /// Dynamic NTK: the base grows once a sequence is longer than `original_max`
+    /// (transformers uses `max_position_embeddings` here).
     Dynamic { factor: f64, original_max: usize },
     Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max: usize },
     Yarn { factor: f64, original_max: usize, beta_fast: f64, beta_slow: f64, attention_factor: Option<f64>, mscale: Option<f64>, mscale_all_dim: Option<f64>, truncate: bool },
-    LongRope { short_factor: Vec<f64>, long_factor: Vec<f64>, original_max: usize, attention_factor: Option<f64> },
+    /// LongRoPE: short factors for sequences up to `original_max`, long ones beyond; `factor`
+    /// (`max_position_embeddings / original_max` unless given) sets the attention scaling.
+    LongRope { short_factor: Vec<f64>, long_factor: Vec<f64>, original_max: usize, factor: f64, attention_factor: Option<f64> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +132,13 @@ impl HfConfig {
                 params = map.get("full_attention").cloned().or(params);
             }
         }
+        // Gemma 3 in the v4 layout: sliding layers use `rope_local_base_freq` without scaling.
+        if layer_kind == Some("sliding_attention") && self.get("rope_parameters").is_none() {
+            if let Some(local) = self.f64_any(&["rope_local_base_freq"])? {
+                let partial_factor = self.f64_any(&["partial_rotary_factor", "rotary_pct"])?.unwrap_or(1.0);
+                return Ok(RopeParams { theta: local, scaling: RopeScaling::None, partial_factor });
+            }
+        }
         let scaling_obj = params.clone().or_else(|| self.get("rope_scaling").cloned());
         let theta = params
             .as_ref()
@@ -164,7 +175,10 @@ impl HfConfig {
         Ok(match kind {
             "default" => RopeScaling::None,
             "linear" => RopeScaling::Linear { factor: factor()? },
-            "dynamic" => RopeScaling::Dynamic { factor: factor()?, original_max },
+            "dynamic" => RopeScaling::Dynamic {
+                factor: factor()?,
+                original_max: self.usize_any(&["max_position_embeddings"])?.unwrap_or(original_max),
+            },
             "llama3" => RopeScaling::Llama3 {
                 factor: factor()?,
                 low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
@@ -185,6 +199,10 @@ impl HfConfig {
                 short_factor: list("short_factor"),
                 long_factor: list("long_factor"),
                 original_max,
+                factor: num("factor").unwrap_or_else(|| {
+                    let max = self.usize_any(&["max_position_embeddings"]).ok().flatten().unwrap_or(original_max);
+                    max as f64 / original_max as f64
+                }),
                 attention_factor: num("attention_factor"),
             },
             other => return Err(self.error(&format!("{key}.rope_type"), format!("unsupported RoPE scaling `{other}`"))),
@@ -193,7 +211,8 @@ impl HfConfig {
 }
 
 /// Inverse frequencies (`rot_dim / 2` of them) and the attention scaling for a RoPE setup, as
-/// Hugging Face's `rope_utils` computes them for a context of `max_positions`.
+/// Hugging Face's `rope_utils` computes them for sequences of `max_positions` tokens (only
+/// dynamic NTK and LongRoPE depend on it).
 pub fn rope_inv_freq(params: &RopeParams, rot_dim: usize, max_positions: usize) -> (Vec<f64>, f64) {
     let half = rot_dim / 2;
     // HF computes `1 / base ** (arange(0, dim, 2) / dim)` in float32.
@@ -261,14 +280,14 @@ pub fn rope_inv_freq(params: &RopeParams, rot_dim: usize, max_positions: usize) 
                 .collect();
             (freqs, attn)
         }
-        RopeScaling::LongRope { short_factor, long_factor, original_max, attention_factor } => {
+        RopeScaling::LongRope { short_factor, long_factor, original_max, factor, attention_factor } => {
             let ext = if max_positions > *original_max { long_factor } else { short_factor };
             let freqs = base_freq(theta)
                 .into_iter()
                 .enumerate()
                 .map(|(i, f)| f / ext.get(i).copied().unwrap_or(1.0))
                 .collect();
-            let factor = max_positions as f64 / *original_max as f64;
+            let factor = *factor;
             let attn = attention_factor.unwrap_or(if factor <= 1.0 {
                 1.0
             } else {

@@ -1,6 +1,7 @@
 //! Scaled dot-product attention for training: causal or bidirectional, sliding windows, logit
-//! soft-capping, ALiBi biases, key padding, and MHA/MQA/GQA through one path. Tensors use the
-//! `[batch, seq, heads, head_dim]` layout projections produce, so no transposed copies are made.
+//! soft-capping, ALiBi biases, an additive score bias (T5), key padding, cross-attention, and
+//! MHA/MQA/GQA through one path. Tensors use the `[batch, seq, heads, head_dim]` layout
+//! projections produce, so no transposed copies are made.
 //! On the CPU it is one fused kernel whose backward recomputes the probabilities (no
 //! `[heads, T, S]` tensor is kept for backward); elsewhere it is composed from candle ops.
 
@@ -38,26 +39,64 @@ impl AttentionMask {
     /// The keys `[lo, hi)` query `i` (of `t`) may see in batch row `b`; queries are the last `t`
     /// positions of the `s` keys (a KV cache holds the earlier ones).
     fn visible(&self, b: usize, i: usize, t: usize, s: usize) -> (usize, usize) {
-        let qpos = s - t + i;
-        let mut hi = if self.causal { qpos + 1 } else { s };
+        let (mut lo, mut hi) = (0, s);
+        if self.positional() {
+            let qpos = s - t + i;
+            if self.causal {
+                hi = qpos + 1;
+            }
+            if let Some(w) = self.sliding_window {
+                lo = (qpos + 1).saturating_sub(w);
+            }
+        }
         if let Some(lens) = &self.key_lens {
             hi = hi.min(lens[b]);
         }
-        let lo = match self.sliding_window {
-            Some(w) => (qpos + 1).saturating_sub(w),
-            None => 0,
-        };
         (lo, hi.max(lo))
+    }
+
+    /// Whether queries have positions among the keys (causal, windowed or ALiBi attention); a
+    /// bidirectional cross-attention may have more queries than keys.
+    fn positional(&self) -> bool {
+        self.causal || self.sliding_window.is_some() || self.alibi_slopes.is_some()
     }
 }
 
 /// `softmax(mask(q · kᵀ)) · v` with q `[b, t, h, d]`, k `[b, s, kv, d]`, v `[b, s, kv, dv]`;
 /// `h` must be a multiple of `kv` (GQA; `kv = 1` is MQA). Returns `[b, t, h, dv]`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Result<Tensor> {
+    validate(q, k, v, mask)?;
+    if use_cpu_kernels(q) && k.dtype() == DType::F32 && v.dtype() == DType::F32 {
+        return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, FusedAttention { mask: mask.clone(), extra: None });
+    }
+    composed(q, k, v, mask, None)
+}
+
+/// [`attention`] with an additive score bias `[1 or b, h, t, s]` (T5's relative positions),
+/// added after scaling and soft-capping. A bias that needs no gradient runs in the fused kernel;
+/// a trained one (full fine-tuning) goes through the composed path so its gradient flows.
+pub fn attention_with_bias(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask, bias: &Tensor) -> Result<Tensor> {
+    validate(q, k, v, mask)?;
+    let (b, t, h, _) = q.dims4()?;
+    let s = k.dim(1)?;
+    let (bb, bh, bt, bs) = bias.dims4()?;
+    if (bb != 1 && bb != b) || bh != h || bt != t || bs != s {
+        bail!("attention: bias {:?} does not fit scores [{b}, {h}, {t}, {s}]", bias.dims());
+    }
+    if use_cpu_kernels(q) && k.dtype() == DType::F32 && v.dtype() == DType::F32 && !bias.track_op() {
+        let values = bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let extra = Some(ExtraBias { values: values.into(), per_row: bb != 1 });
+        return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, FusedAttention { mask: mask.clone(), extra });
+    }
+    composed(q, k, v, mask, Some(bias))
+}
+
+fn validate(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Result<()> {
     let (b, t, h, d) = q.dims4()?;
     let (b2, s, kv, d2) = k.dims4()?;
     let (b3, s2, kv2, _) = v.dims4()?;
-    if b != b2 || b != b3 || kv != kv2 || s != s2 || d != d2 || kv == 0 || h % kv != 0 || t > s {
+    let positions_ok = t <= s || !mask.positional();
+    if b != b2 || b != b3 || kv != kv2 || s != s2 || d != d2 || kv == 0 || h % kv != 0 || !positions_ok {
         bail!("attention: incompatible shapes q {:?} k {:?} v {:?}", q.dims(), k.dims(), v.dims());
     }
     if let Some(sl) = &mask.alibi_slopes {
@@ -70,10 +109,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Re
             bail!("attention: {} key lengths for batch {b}", lens.len());
         }
     }
-    if use_cpu_kernels(q) && k.dtype() == DType::F32 && v.dtype() == DType::F32 {
-        return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, FusedAttention { mask: mask.clone() });
-    }
-    composed(q, k, v, mask)
+    Ok(())
 }
 
 fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
@@ -106,7 +142,7 @@ fn bias_tensor(mask: &AttentionMask, b: usize, h: usize, t: usize, s: usize, dev
     Tensor::from_vec(bias, (rows, heads, t, s), dev)
 }
 
-fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Result<Tensor> {
+fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask, extra: Option<&Tensor>) -> Result<Tensor> {
     let (b, t, h, _) = q.dims4()?;
     let (_, s, kv, _) = k.dims4()?;
     let q = q.transpose(1, 2)?.contiguous()?;
@@ -116,13 +152,23 @@ fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Result<
     if let Some(cap) = mask.softcap {
         scores = ((scores / cap)?.tanh()? * cap)?;
     }
+    if let Some(extra) = extra {
+        scores = scores.broadcast_add(&extra.to_dtype(scores.dtype())?)?;
+    }
     let bias = bias_tensor(mask, b, h, t, s, q.device())?.to_dtype(scores.dtype())?;
     let probs = candle_nn::ops::softmax(&scores.broadcast_add(&bias)?, D::Minus1)?;
     probs.matmul(&v)?.transpose(1, 2)?.contiguous()
 }
 
+/// A constant additive score bias for the fused kernel, `[1 or b, h, t, s]` row-major.
+struct ExtraBias {
+    values: std::sync::Arc<[f32]>,
+    per_row: bool,
+}
+
 struct FusedAttention {
     mask: AttentionMask,
+    extra: Option<ExtraBias>,
 }
 
 #[derive(Clone, Copy)]
@@ -189,6 +235,10 @@ impl FusedAttention {
             if let Some(slope) = slope {
                 let qpos = (s - t + i) as f32;
                 row[lo..hi_k].iter_mut().enumerate().for_each(|(j, x)| *x += slope * ((lo + j) as f32 - qpos));
+            }
+            if let Some(e) = &self.extra {
+                let base = ((if e.per_row { bi * dm.h } else { 0 }) + hi) * t * s + i * s;
+                row[lo..hi_k].iter_mut().zip(&e.values[base + lo..base + hi_k]).for_each(|(x, a)| *x += a);
             }
             row[..lo].fill(0.0);
             row[hi_k..].fill(0.0);
@@ -346,13 +396,56 @@ mod tests {
             let g1 = (&fused * &r)?.sum_all()?.backward()?;
             let f64v = |t: &Tensor| -> Result<Var> { Var::from_tensor(&t.to_dtype(DType::F64)?) };
             let (qd, kd, vd) = (f64v(&q)?, f64v(&k)?, f64v(&v)?);
-            let reference = composed(qd.as_tensor(), kd.as_tensor(), vd.as_tensor(), &mask)?;
+            let reference = composed(qd.as_tensor(), kd.as_tensor(), vd.as_tensor(), &mask, None)?;
             let g2 = (&reference * r.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
             assert_close(&fused, &reference, 1e-5)?;
             for (a, b) in [(&qv, &qd), (&kv, &kd), (&vv, &vd)] {
                 assert_close(g1.get(a.as_tensor()).unwrap(), g2.get(b.as_tensor()).unwrap(), 1e-5)?;
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn additive_bias_fused_matches_composed_and_reaches_a_trained_bias() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = randn(&[2, 5, 4, 8], 1, &dev)?;
+        let k = randn(&[2, 5, 2, 8], 2, &dev)?;
+        let v = randn(&[2, 5, 2, 8], 3, &dev)?;
+        let bias = randn(&[1, 4, 5, 5], 5, &dev)?;
+        let r = randn(&[2, 5, 4, 8], 4, &dev)?;
+        let padded = AttentionMask { key_lens: Some(vec![5, 3]), ..AttentionMask::bidirectional(1.0) };
+        for mask in [AttentionMask::causal(1.0), padded] {
+            let qv = Var::from_tensor(&q)?;
+            let fused = attention_with_bias(qv.as_tensor(), &k, &v, &mask, &bias)?;
+            let g1 = (&fused * &r)?.sum_all()?.backward()?;
+            let qd = Var::from_tensor(&q.to_dtype(DType::F64)?)?;
+            let bd = Var::from_tensor(&bias.to_dtype(DType::F64)?)?;
+            let (kd, vd) = (k.to_dtype(DType::F64)?, v.to_dtype(DType::F64)?);
+            let reference = attention_with_bias(qd.as_tensor(), &kd, &vd, &mask, bd.as_tensor())?;
+            let g2 = (&reference * r.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
+            assert_close(&fused, &reference, 1e-5)?;
+            assert_close(g1.get(qv.as_tensor()).unwrap(), g2.get(qd.as_tensor()).unwrap(), 1e-5)?;
+            // Without the bias the result differs: the bias is really applied.
+            let plain = attention(&q, &k, &v, &mask)?;
+            assert!((plain - &fused)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? > 1e-3);
+        }
+        let mask = AttentionMask::causal(1.0);
+        check_gradient(|b| attention_with_bias(&q, &k, &v, &mask, b), &bias, 6, 1e-2, 2e-3)?;
+        Ok(())
+    }
+
+    #[test]
+    fn cross_attention_may_have_more_queries_than_keys() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = randn(&[2, 7, 2, 4], 1, &dev)?;
+        let k = randn(&[2, 3, 2, 4], 2, &dev)?;
+        let v = randn(&[2, 3, 2, 4], 3, &dev)?;
+        let mask = AttentionMask { key_lens: Some(vec![3, 2]), ..AttentionMask::bidirectional(0.5) };
+        let fused = attention(&q, &k, &v, &mask)?;
+        let f64 = |t: &Tensor| t.to_dtype(DType::F64);
+        assert_close(&fused, &composed(&f64(&q)?, &f64(&k)?, &f64(&v)?, &mask, None)?, 1e-5)?;
+        assert!(attention(&q, &k, &v, &AttentionMask::causal(0.5)).is_err(), "causal needs t <= s");
         Ok(())
     }
 

@@ -15,7 +15,7 @@ mod rope;
 #[cfg(test)]
 pub(crate) mod gradcheck;
 
-pub use attention::{AttentionMask, attention};
+pub use attention::{AttentionMask, attention, attention_with_bias};
 pub use cross_entropy::{IGNORE_INDEX, cross_entropy_sum, linear_cross_entropy_sum, masked_cross_entropy_sum};
 pub use frozen_matmul::frozen_matmul;
 pub use gated::{GateAct, gated};

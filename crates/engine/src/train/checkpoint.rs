@@ -6,7 +6,7 @@
 use crate::config::{MethodKind, TrainConfig};
 use crate::error::{EngineError, Result};
 use crate::fsutil;
-use crate::model::{CausalLm, SafetensorsWeights, WeightSource};
+use crate::model::{LanguageModel, SafetensorsWeights, WeightSource};
 use crate::peft;
 use crate::train::optim::AdamW;
 use candle_core::{DType, Tensor, Var};
@@ -90,7 +90,7 @@ pub fn checkpoints_to_delete(steps: &[u64], keep_last: usize) -> Vec<u64> {
 }
 
 /// Writes the checkpoint for `state.step` and applies the keep-last policy.
-pub fn write_checkpoint(output: &Path, model: &CausalLm, params: &[(String, Var)], opt: &AdamW, state: &TrainerState, config: &TrainConfig) -> Result<PathBuf> {
+pub fn write_checkpoint(output: &Path, model: &dyn LanguageModel, params: &[(String, Var)], opt: &AdamW, state: &TrainerState, config: &TrainConfig) -> Result<PathBuf> {
     let final_dir = checkpoint_dir(output, state.step);
     let partial = final_dir.with_file_name(format!("step-{}.partial", state.step));
     if partial.exists() {

@@ -1,14 +1,14 @@
 //! Turns the `[method]` and `[lora]` config sections into the [`AdapterPlan`] the layer factory
 //! follows, checking target names against the family's linear layers.
 
-use crate::arch::ArchSpec;
+use crate::arch::TargetInfo;
 use crate::config::{MethodKind, Targets, TrainConfig};
 use crate::error::{EngineError, Result};
 use crate::layers::{AdapterPlan, TargetSet};
 use crate::peft::PeftAdapter;
 
 /// The plan for a config on a family, plus notes worth logging.
-pub fn adapter_plan(cfg: &TrainConfig, spec: &ArchSpec) -> Result<(AdapterPlan, Vec<String>)> {
+pub fn adapter_plan(cfg: &TrainConfig, spec: &TargetInfo) -> Result<(AdapterPlan, Vec<String>)> {
     let mut notes = Vec::new();
     let targets = match &cfg.lora.targets {
         Targets::Keyword(k) if k == "all-linear" => TargetSet::AllLinear,
@@ -16,7 +16,7 @@ pub fn adapter_plan(cfg: &TrainConfig, spec: &ArchSpec) -> Result<(AdapterPlan, 
         Targets::Modules(m) => {
             for name in m {
                 let last = name.rsplit('.').next().unwrap_or(name);
-                if !spec.linear_modules.contains(&last) && last != spec.names.lm_head {
+                if !spec.linear_modules.contains(&last) && last != spec.lm_head {
                     return Err(EngineError::config(
                         "lora.targets",
                         format!(

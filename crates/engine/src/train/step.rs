@@ -2,9 +2,10 @@
 //! gradient checkpointing only each block's input is kept: backward re-runs one block at a time
 //! on a detached copy of its input and back-propagates `sum(y ⊙ dL/dy)` through it.
 
-use crate::error::Result;
+use crate::data::{Batch, Example};
+use crate::error::{EngineError, Result};
 use crate::layers::ForwardCtx;
-use crate::model::{CausalLm, next_token_targets};
+use crate::model::{AnyModel, CausalLm, Seq2SeqBatch, Seq2SeqLm, next_token_targets};
 use candle_core::{Tensor, Var, backprop::GradStore};
 
 /// Gradients summed over the micro-batches of one optimizer step, aligned with the parameters.
@@ -103,4 +104,78 @@ pub fn accumulate(
         }
     }
     Ok((sum.detach(), rows.len()))
+}
+
+/// One micro-batch in the form its model takes.
+pub enum StepBatch {
+    Causal(Batch),
+    Seq2Seq(Seq2SeqBatch),
+}
+
+impl StepBatch {
+    /// Collates examples for `model`: aligned ids and labels for a causal LM; sources and
+    /// targets padded separately for an encoder-decoder.
+    pub fn collate(model: &AnyModel, examples: &[&Example], pad: u32) -> Self {
+        match model {
+            AnyModel::Causal(_) => Self::Causal(Batch::collate(examples, pad)),
+            AnyModel::Seq2Seq(_) => {
+                let pairs: Vec<(&[u32], &[i64])> = examples.iter().map(|e| (&e.input_ids[..], &e.labels[..])).collect();
+                Self::Seq2Seq(Seq2SeqBatch::collate(&pairs, pad))
+            }
+        }
+    }
+
+    /// Tokens the loss covers.
+    pub fn targets(&self) -> usize {
+        match self {
+            Self::Causal(b) => next_token_targets(&b.labels, b.batch, b.seq_len).0.len(),
+            Self::Seq2Seq(b) => b.targets(),
+        }
+    }
+
+    /// Real (unpadded) input tokens.
+    pub fn tokens(&self) -> u64 {
+        match self {
+            Self::Causal(b) => b.lengths.iter().sum::<usize>() as u64,
+            Self::Seq2Seq(b) => (b.input_lens.iter().sum::<usize>() + b.targets()) as u64,
+        }
+    }
+}
+
+/// [`accumulate`] for either kind of model. Encoder-decoders train without checkpointing.
+pub fn accumulate_any(
+    model: &AnyModel,
+    params: &[(String, Var)],
+    batch: &StepBatch,
+    scale: f64,
+    ctx: &ForwardCtx,
+    checkpointing: bool,
+    acc: &mut GradAccumulator,
+) -> Result<(Tensor, usize)> {
+    match (model, batch) {
+        (AnyModel::Causal(m), StepBatch::Causal(b)) => {
+            let mb = MicroBatch { ids: &b.input_ids, labels: &b.labels, batch: b.batch, seq: b.seq_len };
+            accumulate(m, params, &mb, scale, ctx, checkpointing, acc)
+        }
+        (AnyModel::Seq2Seq(m), StepBatch::Seq2Seq(b)) => accumulate_seq2seq(m, params, b, scale, ctx, acc),
+        _ => Err(EngineError::Other("micro-batch was collated for another kind of model".into())),
+    }
+}
+
+/// Forward and backward of an encoder-decoder micro-batch's `loss_sum * scale`.
+pub fn accumulate_seq2seq(
+    model: &Seq2SeqLm,
+    params: &[(String, Var)],
+    batch: &Seq2SeqBatch,
+    scale: f64,
+    ctx: &ForwardCtx,
+    acc: &mut GradAccumulator,
+) -> Result<(Tensor, usize)> {
+    if batch.targets() == 0 {
+        return Ok((Tensor::new(0f32, &model.device)?, 0));
+    }
+    let (sum, n) = model.loss_sum(batch, ctx)?;
+    let store = (&sum * scale)?.backward()?;
+    acc.collect(params, &store)?;
+    Ok((sum.detach(), n))
 }

@@ -10,17 +10,19 @@ use super::events::{EventSink, Interrupter, MemoryStats, StopRequest, TrainEvent
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use super::plan::adapter_plan;
 use super::schedule::{ScheduleKind, lr_at};
-use super::step::{GradAccumulator, MicroBatch, accumulate};
-use crate::arch;
+use super::step::{GradAccumulator, StepBatch, accumulate_any};
+use crate::arch::{self, ArchSpec, Family};
 use crate::config::{MethodKind, TrainConfig};
-use crate::data::{self, Batch, Dataset, Example};
+use crate::data::{self, Dataset, Example};
 use crate::device;
 use crate::error::{EngineError, Result};
-use crate::eval::evaluate;
+use crate::eval::evaluate_any;
 use crate::export;
 use crate::fsutil;
 use crate::layers::{ForwardCtx, LayerFactory};
-use crate::model::{CausalLm, HfConfig, ModelDims, SafetensorsWeights, WeightSource, next_token_targets};
+use crate::model::{
+    AnyModel, CausalLm, HfConfig, LanguageModel, ModelDims, SafetensorsWeights, Seq2SeqDims, Seq2SeqLm, WeightSource,
+};
 use crate::peft;
 use crate::tokenizer::TextTokenizer;
 use candle_core::{DType, Tensor, Var};
@@ -46,6 +48,12 @@ pub struct TrainOutcome {
 
 fn log(sink: &mut dyn EventSink, message: impl Into<String>) {
     sink.emit(&TrainEvent::Log { level: "info".into(), message: message.into() });
+}
+
+/// The family row and sizes of the model to train.
+enum Resolved {
+    Causal(ArchSpec, ModelDims),
+    Seq2Seq(crate::arch::Seq2SeqSpec, Seq2SeqDims),
 }
 
 /// Where one micro-batch of the run comes from.
@@ -107,32 +115,49 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
         return Err(EngineError::config("data.path", "no dataset given"));
     }
     let hf = HfConfig::from_dir(model_dir)?;
-    let spec = arch::detect(&hf)?;
-    let dims = ModelDims::from_config(&hf, spec)?;
+    // Decoder-only and encoder-decoder models share the loop; they differ in data and step.
+    let resolved = match arch::detect(&hf)? {
+        Family::Decoder(_) => {
+            let (spec, dims) = arch::resolve(&hf)?;
+            Resolved::Causal(spec, dims)
+        }
+        Family::Seq2Seq(s) => Resolved::Seq2Seq(*s, Seq2SeqDims::from_config(&hf, s)?),
+    };
+    let (targets, max_positions) = match &resolved {
+        Resolved::Causal(spec, dims) => (spec.targets(), dims.max_positions),
+        Resolved::Seq2Seq(spec, dims) => (spec.targets(), dims.max_positions),
+    };
     let tok = TextTokenizer::from_dir(model_dir)?;
-    let (data_cfg, note) = cfg.data_for_context(dims.max_positions);
+    let (data_cfg, note) = cfg.data_for_context(max_positions);
     if let Some(note) = note {
         log(sink, note);
     }
-    let dataset: Dataset = data::load_dataset(&cfg.data.path, &data_cfg, &tok, cfg.train.seed)?;
+    let dataset: Dataset = match &resolved {
+        Resolved::Causal(..) => data::load_dataset(&cfg.data.path, &data_cfg, &tok, cfg.train.seed)?,
+        Resolved::Seq2Seq(..) => data::load_seq2seq_dataset(&cfg.data.path, &data_cfg, &tok, cfg.train.seed)?,
+    };
     if dataset.train.is_empty() {
         return Err(EngineError::file(&cfg.data.path, "no usable training example (all were skipped)"));
     }
     log(sink, format!("data: {}", serde_json::to_string(&dataset.report).unwrap_or_default()));
 
-    let (plan, notes) = adapter_plan(cfg, spec)?;
+    let (plan, notes) = adapter_plan(cfg, &targets)?;
     for n in notes {
         log(sink, n);
     }
     let weights: Arc<dyn WeightSource> = Arc::new(SafetensorsWeights::from_dir(model_dir)?);
     let factory = LayerFactory::new(weights, dtype, device.clone(), plan);
-    let model = CausalLm::build(spec, dims, &factory)?;
+    let model = match resolved {
+        Resolved::Causal(spec, dims) => AnyModel::Causal(CausalLm::build(spec, dims, &factory)?),
+        Resolved::Seq2Seq(spec, dims) => AnyModel::Seq2Seq(Seq2SeqLm::build(spec, dims, &factory)?),
+    };
     drop(factory); // unmaps the checkpoint files
-    let params: Vec<(String, Var)> = model.trainable();
+    let lm = model.as_dyn();
+    let params: Vec<(String, Var)> = lm.trainable();
     if params.is_empty() {
         return Err(EngineError::config(
             "lora.targets",
-            format!("matched no linear layer; the {} family has: {}", spec.family, spec.linear_modules.join(", ")),
+            format!("matched no linear layer; the {} family has: {}", targets.family, targets.linear_modules.join(", ")),
         ));
     }
     let trainable_params: u64 = params.iter().map(|(_, v)| v.elem_count() as u64).sum();
@@ -208,9 +233,9 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
         train_examples: dataset.train.len() as u64,
         eval_examples: dataset.eval.len() as u64,
         trainable_params,
-        total_params: model.dims.parameter_count() as u64,
+        total_params: lm.parameter_count() as u64,
         method: format!("{:?}", cfg.method.kind).to_lowercase(),
-        family: spec.family.to_string(),
+        family: targets.family.to_string(),
         device: device::describe(&device),
         dtype: format!("{dtype:?}").to_lowercase(),
         output_dir: output.display().to_string(),
@@ -227,21 +252,20 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
 
     while state.step < total_steps {
         if let Some(req) = stop.requested() {
-            return stop_early(req, output, &model, &params, &opt, &state, cfg, last_checkpoint_step, sink);
+            return stop_early(req, output, lm, &params, &opt, &state, cfg, last_checkpoint_step, sink);
         }
         faults.before_step(state.step + 1)?;
         let step_start = Instant::now();
-        let batches: Vec<Batch> = (0..accum)
-            .map(|k| Batch::collate(&cursor.micro_batch(state.micro_batches + k), pad))
+        let batches: Vec<StepBatch> = (0..accum)
+            .map(|k| StepBatch::collate(&model, &cursor.micro_batch(state.micro_batches + k), pad))
             .collect();
-        let n_total: usize = batches.iter().map(|b| next_token_targets(&b.labels, b.batch, b.seq_len).0.len()).sum();
-        let tokens: u64 = batches.iter().map(|b| b.lengths.iter().sum::<usize>() as u64).sum();
+        let n_total: usize = batches.iter().map(StepBatch::targets).sum();
+        let tokens: u64 = batches.iter().map(StepBatch::tokens).sum();
         let mut acc = GradAccumulator::new(params.len());
         let mut loss_sum: Option<Tensor> = None;
         for (k, b) in batches.iter().enumerate() {
             let ctx = ForwardCtx { train: true, seed: cfg.train.seed, pass: state.micro_batches + k as u64 };
-            let mb = MicroBatch { ids: &b.input_ids, labels: &b.labels, batch: b.batch, seq: b.seq_len };
-            let (sum, _) = accumulate(&model, &params, &mb, 1.0 / n_total.max(1) as f64, &ctx, checkpointing, &mut acc)?;
+            let (sum, _) = accumulate_any(&model, &params, b, 1.0 / n_total.max(1) as f64, &ctx, checkpointing, &mut acc)?;
             loss_sum = Some(match loss_sum {
                 Some(s) => (s + sum.to_dtype(DType::F32)?)?,
                 None => sum.to_dtype(DType::F32)?,
@@ -290,7 +314,7 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
             elapsed_s: started.elapsed().as_secs_f64(),
             eta_s: elapsed / done * (total_steps - state.step) as f64,
             mem: MemoryStats {
-                base_bytes: model.base_bytes() as u64,
+                base_bytes: lm.base_bytes() as u64,
                 trainable_bytes: params.iter().map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum(),
                 optimizer_bytes: opt.state_bytes() as u64,
                 process_rss_bytes: rss,
@@ -301,13 +325,13 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
 
         let every_eval = cfg.train.eval_every_steps as u64;
         if every_eval > 0 && state.step % every_eval == 0 && state.step < total_steps && !dataset.eval.is_empty() {
-            let r = evaluate(&model, &dataset.eval, bs, pad)?;
+            let r = evaluate_any(&model, &dataset.eval, bs, pad)?;
             sink.emit(&TrainEvent::Eval { step: state.step, eval_loss: r.loss, perplexity: r.perplexity, tokens: r.tokens });
             eval_loss = Some(r.loss);
         }
         let every_ckpt = cfg.checkpoint.every_steps as u64;
         if every_ckpt > 0 && state.step % every_ckpt == 0 {
-            match checkpoint::write_checkpoint(output, &model, &params, &opt, &state, cfg) {
+            match checkpoint::write_checkpoint(output, lm, &params, &opt, &state, cfg) {
                 Ok(dir) => {
                     last_checkpoint_step = Some(state.step);
                     sink.emit(&TrainEvent::Checkpoint { step: state.step, path: dir.display().to_string() });
@@ -325,13 +349,13 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
     }
 
     if !dataset.eval.is_empty() {
-        let r = evaluate(&model, &dataset.eval, bs, pad)?;
+        let r = evaluate_any(&model, &dataset.eval, bs, pad)?;
         sink.emit(&TrainEvent::Eval { step: state.step, eval_loss: r.loss, perplexity: r.perplexity, tokens: r.tokens });
         eval_loss = Some(r.loss);
     }
     match cfg.method.kind {
-        MethodKind::Full => export::write_hf_folder(&model, model_dir, output)?,
-        _ => peft::write_adapter(output, &model, &cfg.lora, &model_dir.to_string_lossy())?,
+        MethodKind::Full => export::write_hf_folder(lm, model_dir, output)?,
+        _ => peft::write_adapter(output, lm, &cfg.lora, &model_dir.to_string_lossy())?,
     }
     fsutil::write_json(&output.join(checkpoint::STATE_FILE), &state)?;
     sink.emit(&TrainEvent::Finished {
@@ -403,7 +427,7 @@ fn recover(
 fn stop_early(
     req: StopRequest,
     output: &Path,
-    model: &CausalLm,
+    model: &dyn LanguageModel,
     params: &[(String, Var)],
     opt: &AdamW,
     state: &TrainerState,

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use finetune_engine::config::{MethodKind, Targets, TrainConfig};
 use finetune_engine::memory::{self, Fit, MemoryEstimate};
-use finetune_engine::model::{HfConfig, ModelDims};
+use finetune_engine::model::HfConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use utoipa::ToSchema;
@@ -32,8 +32,15 @@ pub struct ModelList {
 fn describe(view: &mut ModelView) {
     let dir = std::path::Path::new(&view.path);
     match HfConfig::from_dir(dir).and_then(|hf| {
-        let spec = finetune_engine::arch::detect(&hf)?;
-        Ok((spec.family, ModelDims::from_config(&hf, spec)?.parameter_count() as u64))
+        Ok(match finetune_engine::arch::detect(&hf)? {
+            finetune_engine::arch::Family::Decoder(_) => {
+                let (spec, dims) = finetune_engine::arch::resolve(&hf)?;
+                (spec.family, dims.parameter_count() as u64)
+            }
+            finetune_engine::arch::Family::Seq2Seq(s) => {
+                (s.family, finetune_engine::model::Seq2SeqDims::from_config(&hf, s)?.parameter_count() as u64)
+            }
+        })
     }) {
         Ok((family, params)) => {
             view.family = Some(family.to_string());
@@ -193,8 +200,8 @@ async fn validate_model(
         return Err(ApiError::field("path", format!("{}: no such folder", path.display())));
     }
     let hf = HfConfig::from_dir(&path).map_err(bad)?;
-    let spec = finetune_engine::arch::detect(&hf).map_err(bad)?;
-    let dims = ModelDims::from_config(&hf, spec).map_err(bad)?;
+    // Memory estimates cover decoder-only models; an encoder-decoder gets a message saying so.
+    let (spec, dims) = finetune_engine::arch::resolve(&hf).map_err(bad)?;
     let tokenizer = finetune_engine::tokenizer::TextTokenizer::from_dir(&path);
     let mut cfg = TrainConfig::default();
     cfg.model.dtype = req.dtype.clone().unwrap_or_else(|| "bf16".into());
