@@ -11,7 +11,8 @@ mod commands;
 use finetune_server::state::default_data_dir;
 use finetune_server::{Server, ServerConfig, generate_token};
 use std::path::PathBuf;
-use tauri::{WebviewUrl, WebviewWindowBuilder};
+use tauri::webview::DownloadEvent;
+use tauri::{Manager, WebviewUrl, WebviewWindowBuilder};
 
 fn worker_exe() -> PathBuf {
     if let Some(w) = std::env::var_os("FINETUNE_STUDIO_WORKER") {
@@ -62,6 +63,17 @@ pub fn run() {
                 .inner_size(1280.0, 800.0)
                 .min_inner_size(960.0, 640.0)
                 .initialization_script(&script)
+                .on_download(|webview, event| {
+                    // "Download adapter" saves into the user's Downloads folder.
+                    if let DownloadEvent::Requested { url, destination } = event {
+                        let name = destination.file_name().map(PathBuf::from).unwrap_or_else(|| {
+                            PathBuf::from(url.path().rsplit('/').next().unwrap_or("download"))
+                        });
+                        let dir = webview.path().download_dir().unwrap_or_else(|_| std::env::temp_dir());
+                        *destination = dir.join(name);
+                    }
+                    true
+                })
                 .build()?;
             Ok(())
         })

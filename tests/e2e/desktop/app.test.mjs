@@ -4,7 +4,7 @@
 // wizard and watched until its loss chart has points. Real workers, tiny fixture model.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -19,11 +19,16 @@ let driver, browser, home;
 before(async () => {
   home = mkdtempSync(join(tmpdir(), 'desktop-e2e-'));
   mkdirSync(SHOTS, { recursive: true });
+  // A home of its own, whose Downloads folder the app saves adapters into.
+  mkdirSync(join(home, '.config'), { recursive: true });
+  mkdirSync(join(home, 'Downloads'));
+  writeFileSync(join(home, '.config/user-dirs.dirs'), 'XDG_DOWNLOAD_DIR="$HOME/Downloads"\n');
   driver = spawn(DRIVER, ['--port', '4444'], {
     stdio: ['ignore', 'inherit', 'inherit'],
     env: {
       ...process.env,
-      FINETUNE_STUDIO_HOME: home,
+      HOME: home,
+      FINETUNE_STUDIO_HOME: join(home, 'studio'),
       FINETUNE_STUDIO_WORKER: BIN,
       FINETUNE_STUDIO_DEMO_MODEL: join(FIXTURES, 'models/llama'),
       RAYON_NUM_THREADS: '1',
@@ -72,4 +77,14 @@ test('a job is started from the wizard and watched', async () => {
   await browser.waitUntil(async () => (await status()) === 'completed', { timeout: 120000, timeoutMsg: 'the job did not complete' });
   assert.equal(Number(await chart.getAttribute('data-points')), 200);
   await browser.saveScreenshot(join(SHOTS, 'desktop-job.png'));
+});
+
+test('the adapter downloads into the Downloads folder', async () => {
+  const link = await browser.$('a=Download adapter');
+  await link.waitForClickable({ timeout: 10000 });
+  await link.click();
+  const downloads = join(home, 'Downloads');
+  const file = await waitFor('the adapter in Downloads', () => readdirSync(downloads).find((f) => f.endsWith('-adapter.tar') && statSync(join(downloads, f)).size > 1024), 30000);
+  assert.match(file, /^demo--json-answers-adapter\.tar$/);
+  assert.match(await browser.getUrl(), /#\/jobs\/job-/, 'the window stays on the job page');
 });
