@@ -16,6 +16,7 @@ pub mod layers;
 pub mod model;
 pub mod ops;
 pub mod peft;
+pub mod quant;
 pub mod rng;
 pub mod tokenizer;
 pub mod train;
