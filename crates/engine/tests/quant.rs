@@ -96,7 +96,6 @@ fn int8_rowwise_codes_scales_and_dequantized_weights_match_linear8bitlt() {
 #[test]
 fn quantized_linear_forward_and_input_gradient_match_linear4bit() {
     let r = refs();
-    let dev = Device::Cpu;
     for (kind, name) in [(QuantKind::Nf4, "nf4"), (QuantKind::Fp4, "fp4")] {
         let w = f32s(&r["small.weight"]);
         let spec = QuantSpec { kind, double_quant: true, block_size: 64, compute: DType::F32 };

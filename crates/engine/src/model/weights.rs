@@ -19,6 +19,13 @@ pub trait WeightSource: Send + Sync {
     /// The file a tensor lives in (for error messages).
     fn origin(&self, name: &str) -> PathBuf;
 
+    /// The tensor as a quantized matrix when the source stores it quantized (GGUF blocks), so it
+    /// can stay quantized as a frozen base; `None` for dense tensors. `compute` is the dtype it
+    /// is dequantized into for each matmul.
+    fn load_quantized(&self, _name: &str, _compute: DType) -> Result<Option<crate::quant::QuantWeight>> {
+        Ok(None)
+    }
+
     /// Loads a tensor and checks its shape.
     fn load_shaped(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         match self.shape(name) {

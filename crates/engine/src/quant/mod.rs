@@ -133,9 +133,18 @@ impl QuantWeight {
         Ok(Self::with_format(rows, cols, format, spec.compute))
     }
 
-    /// Quantizes a dense 2-D tensor (any float dtype, any device; read through the host).
+    /// Quantizes a dense 2-D tensor (any float dtype, any device; read through the host). A
+    /// contiguous f32 CPU tensor is read in place, without a copy.
     pub fn quantize_tensor(w: &Tensor, spec: &QuantSpec) -> Result<Self> {
         let (rows, cols) = w.dims2()?;
+        if w.device().is_cpu() && w.dtype() == DType::F32 {
+            let (storage, layout) = w.storage_and_layout();
+            if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) =
+                (&*storage, layout.contiguous_offsets())
+            {
+                return Self::quantize(&v[a..b], rows, cols, spec);
+            }
+        }
         let data = w.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
         Self::quantize(&data, rows, cols, spec)
     }
