@@ -1,12 +1,13 @@
 //! `eval`: the token-weighted mean next-token loss of a dataset under a model (+ adapter).
 
 use clap::Args as ClapArgs;
-use finetune_engine::{config::MethodKind, data, device, eval, layers::AdapterPlan, model, peft::PeftAdapter, tokenizer::TextTokenizer};
+use finetune_engine::{config::MethodKind, data, device, eval, layers::AdapterPlan, model, peft::PeftAdapter};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(ClapArgs)]
 pub struct Args {
+    /// A Hugging Face model folder or a GGUF file.
     #[arg(long)]
     model: PathBuf,
     /// A PEFT adapter folder to apply.
@@ -34,7 +35,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         None => AdapterPlan::frozen(),
     };
     let m = model::load_causal_lm(&a.model, plan, dtype, &dev)?;
-    let tok = TextTokenizer::from_dir(&a.model)?;
+    let tok = model::load_tokenizer(&a.model)?;
     let ds = data::load_dataset(&a.data, &cfg.data, &tok, cfg.train.seed)?;
     let r = eval::evaluate(&m, &ds.train, cfg.train.batch_size, tok.pad_id())?;
     if a.json {

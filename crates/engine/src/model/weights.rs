@@ -40,6 +40,20 @@ pub trait WeightSource: Send + Sync {
     }
 }
 
+/// Drops the pages of a read-only file mapping's range from this process's resident set once
+/// its bytes have been copied out, so that reading a model through a memory map does not keep
+/// the whole file resident (the pages stay in the OS page cache).
+pub(crate) fn release_pages(map: &Mmap, start: usize, len: usize) {
+    #[cfg(unix)]
+    // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED only drops this
+    // process's page-table entries; a later read faults the same file contents back in.
+    unsafe {
+        let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len);
+    }
+    #[cfg(not(unix))]
+    let _ = (map, start, len);
+}
+
 struct Entry {
     file: usize,
     dtype: DType,
@@ -155,7 +169,9 @@ impl WeightSource for SafetensorsWeights {
             .ok_or_else(|| EngineError::tensor(&self.dir, name, "missing from the checkpoint"))?;
         let bytes = &self.maps[e.file][e.start..e.end];
         let t = Tensor::from_raw_buffer(bytes, e.dtype, &e.shape, &Device::Cpu)
-            .map_err(|err| EngineError::tensor(&self.files[e.file], name, err.to_string()))?;
+            .map_err(|err| EngineError::tensor(&self.files[e.file], name, err.to_string()));
+        release_pages(&self.maps[e.file], e.start, e.end - e.start);
+        let t = t?;
         let t = if e.dtype != dtype { t.to_dtype(dtype)? } else { t };
         Ok(t.to_device(device)?)
     }

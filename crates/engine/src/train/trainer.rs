@@ -9,7 +9,6 @@ use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use super::plan::adapter_plan;
 use super::schedule::{ScheduleKind, lr_at};
 use super::step::{GradAccumulator, MicroBatch, accumulate};
-use crate::arch;
 use crate::config::{MethodKind, TrainConfig};
 use crate::data::{self, Batch, Dataset, Example};
 use crate::device;
@@ -17,13 +16,12 @@ use crate::error::{EngineError, Result};
 use crate::eval::evaluate;
 use crate::export;
 use crate::fsutil;
-use crate::layers::{ForwardCtx, LayerFactory};
-use crate::model::{CausalLm, HfConfig, ModelDims, SafetensorsWeights, WeightSource, next_token_targets};
+use crate::layers::ForwardCtx;
+use crate::model::{CausalLm, ModelSource, next_token_targets};
 use crate::peft;
-use crate::tokenizer::TextTokenizer;
+use crate::quant::QuantSpec;
 use candle_core::{DType, Tensor, Var};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +38,20 @@ pub struct TrainOutcome {
     pub final_loss: f64,
     pub best_loss: f64,
     pub eval_loss: Option<f64>,
+}
+
+/// A log line on how the frozen projections are stored (dense, quantized on load, GGUF blocks).
+fn describe_base(model: &CausalLm) -> Option<String> {
+    let linears = model.linears();
+    let weights: usize = linears.iter().map(|(_, l)| l.dims().0 * l.dims().1).sum();
+    let bytes: usize = linears.iter().map(|(_, l)| l.base_bytes()).sum();
+    (weights > 0 && bytes > 0).then(|| {
+        format!(
+            "frozen projections: {:.1} MiB for {weights} weights ({:.2} bytes per weight)",
+            bytes as f64 / (1 << 20) as f64,
+            bytes as f64 / weights as f64
+        )
+    })
 }
 
 fn log(sink: &mut dyn EventSink, message: impl Into<String>) {
@@ -82,10 +94,9 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
     if cfg.data.path.as_os_str().is_empty() {
         return Err(EngineError::config("data.path", "no dataset given"));
     }
-    let hf = HfConfig::from_dir(model_dir)?;
-    let spec = arch::detect(&hf)?;
-    let dims = ModelDims::from_config(&hf, spec)?;
-    let tok = TextTokenizer::from_dir(model_dir)?;
+    let source = ModelSource::open(model_dir)?;
+    let spec = source.spec()?;
+    let tok = source.tokenizer()?;
     let dataset: Dataset = data::load_dataset(&cfg.data.path, &cfg.data, &tok, cfg.train.seed)?;
     if dataset.train.is_empty() {
         return Err(EngineError::file(&cfg.data.path, "no usable training example (all were skipped)"));
@@ -96,9 +107,15 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
     for n in notes {
         log(sink, n);
     }
-    let weights: Arc<dyn WeightSource> = Arc::new(SafetensorsWeights::from_dir(model_dir)?);
-    let factory = LayerFactory::new(weights, dtype, device.clone(), plan);
-    let model = CausalLm::build(spec, dims, &factory)?;
+    let quant = match cfg.method.kind {
+        MethodKind::Qlora => Some(QuantSpec::from_config(&cfg.quant)?),
+        _ => None,
+    };
+    let model = source.build(plan, quant, dtype, &device)?;
+    drop(source);
+    if let Some(base) = describe_base(&model) {
+        log(sink, base);
+    }
     let params: Vec<(String, Var)> = model.trainable();
     if params.is_empty() {
         return Err(EngineError::config(
