@@ -95,3 +95,63 @@ fn every_quantization_kind_deviates_from_the_dense_model_as_much_as_bitsandbytes
     let d = rel_diff(&logits(QuantKind::Nf4, true, DType::BF16), &logits(QuantKind::Nf4, true, DType::F32));
     assert!(d > 0.0 && d < 0.05, "bf16 compute moves logits by {d}");
 }
+
+/// Writes the reference batch as a `tokens` dataset.
+fn tokens_dataset(dir: &std::path::Path) -> std::path::PathBuf {
+    let r = reference("llama");
+    let (b, t) = r["input_ids"].dims2().unwrap();
+    let (ids, labels) = (ids(&r["input_ids"]), labels(&r["labels"]));
+    let mut text = String::new();
+    for row in 0..b {
+        let line = serde_json::json!({"input_ids": &ids[row * t..(row + 1) * t], "labels": &labels[row * t..(row + 1) * t]});
+        text.push_str(&format!("{line}\n"));
+    }
+    let p = dir.join("batch.jsonl");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn qlora_training_reports_where_memory_goes_and_learns() {
+    use finetune_engine::config::TrainConfig;
+    use finetune_engine::train::{Interrupter, MemoryStats, TrainEvent, VecSink, train};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tokens_dataset(tmp.path());
+    let run = |method: &str, extra: &[&str]| -> (Vec<f64>, MemoryStats) {
+        let mut sets = vec![
+            format!("model.path=\"{}\"", model_dir("llama").display()),
+            format!("data.path=\"{}\"", data.display()),
+            "data.format=\"tokens\"".to_string(),
+            "train.max_steps=6".into(),
+            "train.lr=3e-3".into(),
+            "train.batch_size=2".into(),
+            "lora.targets=\"all-linear\"".into(),
+            "lora.dropout=0.0".into(),
+            format!("method.kind=\"{method}\""),
+        ];
+        sets.extend(extra.iter().map(|s| s.to_string()));
+        let cfg = TrainConfig::default().with_overrides(&sets).unwrap();
+        let mut sink = VecSink::default();
+        train(&cfg, &tmp.path().join(method), false, &mut sink, &Interrupter::new()).unwrap();
+        let steps: Vec<(f64, MemoryStats)> = sink
+            .0
+            .into_iter()
+            .filter_map(|e| if let TrainEvent::Step { loss, mem, .. } = e { Some((loss, mem)) } else { None })
+            .collect();
+        let mem = steps.last().unwrap().1.clone();
+        (steps.into_iter().map(|s| s.0).collect(), mem)
+    };
+    let (lora_losses, lora) = run("lora", &[]);
+    let (qlora_losses, qlora) = run("qlora", &["quant.compute_dtype=\"f32\""]);
+    assert!(qlora_losses[5] < qlora_losses[0] - 0.1, "QLoRA learns: {qlora_losses:?}");
+    assert!((qlora_losses[5] - lora_losses[5]).abs() < 0.05 * lora_losses[5], "{qlora_losses:?} vs {lora_losses:?}");
+    assert!(qlora.base_bytes * 10 < lora.base_bytes * 6, "base: QLoRA {} vs LoRA {}", qlora.base_bytes, lora.base_bytes);
+    assert_eq!(qlora.trainable_bytes, lora.trainable_bytes);
+    assert_eq!(qlora.optimizer_bytes, 2 * qlora.trainable_bytes, "AdamW keeps two f32 moments");
+    assert!(qlora.process_peak_bytes >= qlora.process_rss_bytes && qlora.process_rss_bytes > 0);
+    if cfg!(target_os = "linux") {
+        let step_peak = qlora.step_peak_bytes.expect("Linux reports the step's peak");
+        assert!(step_peak <= qlora.process_peak_bytes);
+        assert!(qlora.activation_peak_bytes.is_some());
+    }
+}

@@ -192,12 +192,16 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
     let first_step = state.step;
     let mut last_checkpoint_step = None;
     let mut eval_loss = None;
+    // The process-lifetime peak: the kernel's high-water mark is reset before every step.
+    let mut lifetime_peak = device::process_memory().1;
 
     while state.step < total_steps {
         if let Some(req) = stop.requested() {
             return stop_early(req, output, &model, &params, &opt, &state, cfg, last_checkpoint_step, sink);
         }
         let step_start = Instant::now();
+        let rss_before = device::process_memory().0;
+        let peak_reset = device::reset_peak_memory();
         let batches: Vec<Batch> = (0..accum)
             .map(|k| Batch::collate(&cursor.micro_batch(state.micro_batches + k), pad))
             .collect();
@@ -236,7 +240,9 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
         }
         let elapsed = loop_start.elapsed().as_secs_f64();
         let done = (state.step - first_step) as f64;
-        let (rss, peak) = device::process_memory();
+        let (rss, hwm) = device::process_memory();
+        lifetime_peak = lifetime_peak.max(hwm);
+        let step_peak = peak_reset.then_some(hwm);
         sink.emit(&TrainEvent::Step {
             step: state.step,
             total_steps,
@@ -253,7 +259,9 @@ pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn Even
                 trainable_bytes: params.iter().map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum(),
                 optimizer_bytes: opt.state_bytes() as u64,
                 process_rss_bytes: rss,
-                process_peak_bytes: peak,
+                process_peak_bytes: lifetime_peak,
+                step_peak_bytes: step_peak,
+                activation_peak_bytes: step_peak.map(|p| p.saturating_sub(rss_before)),
                 device_used_bytes: None,
             },
         });
