@@ -39,7 +39,7 @@ impl FourBitKind {
             Self::Fp4 => (&FP4_BOUNDS, &FP4_ORDER),
         };
         // bucketize(right=False): the number of bounds strictly below the value.
-        let bucket = bounds.iter().take_while(|&&b| b < scaled).count();
+        let bucket = bounds.partition_point(|&b| b < scaled);
         order[bucket]
     }
 }
