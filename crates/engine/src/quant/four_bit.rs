@@ -237,17 +237,28 @@ impl FourBit {
     pub fn dequantize_into(&self, start: usize, out: &mut [f32]) {
         let code = self.kind.code();
         let bs = self.block_size;
-        let mut i = start;
         let end = start + out.len();
-        let mut o = 0;
+        let (mut i, mut o) = (start, 0);
         while i < end {
             let b = i / bs;
             let scale = self.absmax.get(b);
             let block_end = ((b + 1) * bs).min(end);
-            while i < block_end {
-                let byte = self.packed[i / 2];
-                let nib = if i % 2 == 0 { byte >> 4 } else { byte & 0x0f };
-                out[o] = code[nib as usize] * scale;
+            if i % 2 == 1 {
+                out[o] = code[(self.packed[i / 2] & 0x0f) as usize] * scale;
+                i += 1;
+                o += 1;
+            }
+            // Whole bytes: element 2k in the high nibble, 2k + 1 in the low one.
+            let pairs = (block_end - i) / 2;
+            let bytes = &self.packed[i / 2..i / 2 + pairs];
+            for (dst, &byte) in out[o..o + 2 * pairs].chunks_exact_mut(2).zip(bytes) {
+                dst[0] = code[(byte >> 4) as usize] * scale;
+                dst[1] = code[(byte & 0x0f) as usize] * scale;
+            }
+            i += 2 * pairs;
+            o += 2 * pairs;
+            if i < block_end {
+                out[o] = code[(self.packed[i / 2] >> 4) as usize] * scale;
                 i += 1;
                 o += 1;
             }
@@ -293,5 +304,27 @@ mod tests {
         assert_eq!(d[0], -1.0);
         assert_eq!(d[1], 1.0);
         assert_eq!(d[2], 0.0);
+    }
+
+    #[test]
+    fn any_range_dequantizes_like_the_whole_tensor() {
+        let x: Vec<f32> = (0..301).map(|i| ((i * 7919 % 613) as f32 - 300.0) / 97.0).collect();
+        for bs in [64, 128] {
+            let mut q = quantize_4bit(&x, FourBitKind::Fp4, bs).unwrap();
+            for dq in [false, true] {
+                if dq {
+                    q.double_quantize();
+                }
+                let full = q.dequantize();
+                for start in [0, 1, 2, 63, 64, 65, 127, 200] {
+                    for len in [1, 2, 3, 64, 101] {
+                        let len = len.min(x.len() - start);
+                        let mut out = vec![0f32; len];
+                        q.dequantize_into(start, &mut out);
+                        assert_eq!(out, full[start..start + len], "bs {bs} dq {dq} start {start} len {len}");
+                    }
+                }
+            }
+        }
     }
 }
