@@ -139,3 +139,110 @@ fn truncated_or_corrupt_gguf_names_the_file_and_tensor() {
     let err = ModelSource::open(&garbage).err().expect("garbage must fail").to_string();
     assert!(err.contains("garbage.gguf"), "{err}");
 }
+
+/// A llama GGUF with k-quant projections (Q4_K, Q5_K, Q6_K; q/k permuted as llama.cpp stores
+/// them) against the same model as an HF folder holding the dequantized weights.
+#[test]
+fn k_quant_gguf_computes_like_its_dequantized_weights() {
+    use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+    use finetune_engine::model::unpermute_order;
+    let tmp = tempfile::tempdir().unwrap();
+    let (hidden, inter, heads, kv, vocab) = (256usize, 512usize, 4usize, 2usize, 384usize);
+    let dev = Device::Cpu;
+    let mut rng = 7u64;
+    let mut rand = |shape: &[usize], scale: f32| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &dev).unwrap()
+    };
+    let mut gguf_tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut hf: HashMap<String, Tensor> = HashMap::new();
+    let mut add = |hf_name: &str, g_name: &str, t: Tensor, dtype: GgmlDType, permute: Option<usize>| {
+        let stored = match permute {
+            Some(h) => {
+                let order = unpermute_order(t.dim(0).unwrap(), h).unwrap();
+                let mut inverse = vec![0u32; order.len()];
+                for (o, &s) in order.iter().enumerate() {
+                    inverse[s] = o as u32;
+                }
+                t.index_select(&Tensor::new(inverse, &dev).unwrap(), 0).unwrap()
+            }
+            None => t.clone(),
+        };
+        let q = QTensor::quantize(&stored, dtype).unwrap();
+        // The HF copy holds exactly what the quantized tensor decodes to, in HF row order.
+        let deq = QTensor::quantize(&t, dtype).unwrap().dequantize(&dev).unwrap();
+        hf.insert(hf_name.to_string(), deq);
+        gguf_tensors.push((g_name.to_string(), q));
+    };
+    add("model.embed_tokens.weight", "token_embd.weight", rand(&[vocab, hidden], 0.5), GgmlDType::F32, None);
+    add("lm_head.weight", "output.weight", rand(&[vocab, hidden], 0.5), GgmlDType::Q6K, None);
+    add("model.norm.weight", "output_norm.weight", (rand(&[hidden], 0.2) + 1.0).unwrap(), GgmlDType::F32, None);
+    let p = "model.layers.0";
+    add(&format!("{p}.input_layernorm.weight"), "blk.0.attn_norm.weight", (rand(&[hidden], 0.2) + 1.0).unwrap(), GgmlDType::F32, None);
+    add(&format!("{p}.post_attention_layernorm.weight"), "blk.0.ffn_norm.weight", (rand(&[hidden], 0.2) + 1.0).unwrap(), GgmlDType::F32, None);
+    add(&format!("{p}.self_attn.q_proj.weight"), "blk.0.attn_q.weight", rand(&[hidden, hidden], 0.3), GgmlDType::Q4K, Some(heads));
+    add(&format!("{p}.self_attn.k_proj.weight"), "blk.0.attn_k.weight", rand(&[hidden / 2, hidden], 0.3), GgmlDType::Q5K, Some(kv));
+    add(&format!("{p}.self_attn.v_proj.weight"), "blk.0.attn_v.weight", rand(&[hidden / 2, hidden], 0.3), GgmlDType::Q6K, None);
+    add(&format!("{p}.self_attn.o_proj.weight"), "blk.0.attn_output.weight", rand(&[hidden, hidden], 0.3), GgmlDType::Q4K, None);
+    add(&format!("{p}.mlp.gate_proj.weight"), "blk.0.ffn_gate.weight", rand(&[inter, hidden], 0.3), GgmlDType::Q5K, None);
+    add(&format!("{p}.mlp.up_proj.weight"), "blk.0.ffn_up.weight", rand(&[inter, hidden], 0.3), GgmlDType::Q4K, None);
+    add(&format!("{p}.mlp.down_proj.weight"), "blk.0.ffn_down.weight", rand(&[hidden, inter], 0.3), GgmlDType::Q6K, None);
+
+    // The tokenizer metadata comes from the tiny GGUF fixture.
+    let fixture = std::fs::File::open(gguf("untied")).unwrap();
+    let content = gguf_file::Content::read(&mut std::io::BufReader::new(fixture)).unwrap();
+    use gguf_file::Value as V;
+    let mut meta: Vec<(String, V)> =
+        content.metadata.into_iter().filter(|(k, _)| k.starts_with("tokenizer.")).collect();
+    for (k, v) in [
+        ("general.architecture", V::String("llama".into())),
+        ("llama.block_count", V::U32(1)),
+        ("llama.embedding_length", V::U32(hidden as u32)),
+        ("llama.feed_forward_length", V::U32(inter as u32)),
+        ("llama.attention.head_count", V::U32(heads as u32)),
+        ("llama.attention.head_count_kv", V::U32(kv as u32)),
+        ("llama.context_length", V::U32(128)),
+        ("llama.rope.freq_base", V::F32(10000.0)),
+        ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-6)),
+    ] {
+        meta.push((k.to_string(), v));
+    }
+    let path = tmp.path().join("kquant.gguf");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let meta_refs: Vec<(&str, &V)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = gguf_tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
+    drop(f);
+
+    let dir = tmp.path().join("hf");
+    std::fs::create_dir_all(&dir).unwrap();
+    candle_core::safetensors::save(&hf, dir.join("model.safetensors")).unwrap();
+    let cfg = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+        "intermediate_size": inter, "num_hidden_layers": 1, "num_attention_heads": heads,
+        "num_key_value_heads": kv, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "max_position_embeddings": 128, "vocab_size": vocab, "tie_word_embeddings": false,
+    });
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+
+    let input: Vec<u32> = (0..24).map(|i| (i * 37 % 380 + 3) as u32).collect();
+    let q = ModelSource::open(&path).unwrap();
+    let model = q.build(AdapterPlan::frozen(), None, DType::F32, &Device::Cpu).unwrap();
+    let block_bytes = |m: &finetune_engine::model::CausalLm| -> usize {
+        m.linears().iter().filter(|(p, _)| p.starts_with("model.layers.")).map(|(_, l)| l.base_bytes()).sum()
+    };
+    let quantized = block_bytes(&model);
+    let dense_model = load_causal_lm(&dir, AdapterPlan::frozen(), DType::F32, &Device::Cpu).unwrap();
+    let dense = block_bytes(&dense_model);
+    assert!(quantized * 4 < dense, "k-quant projections stay quantized: {quantized} vs {dense} bytes");
+    let a = model.forward_logits(&input, 2, 12).unwrap();
+    let b = dense_model.forward_logits(&input, 2, 12).unwrap();
+    let d = rel_diff(&a, &b);
+    assert!(d < 1e-5, "k-quant GGUF logits differ from the dequantized model by {d}");
+}
