@@ -31,7 +31,9 @@ fn main() -> anyhow::Result<()> {
         println!("RESULT {result}");
         return Ok(());
     }
-    let dir = PathBuf::from(args.get(1).ok_or_else(|| anyhow::anyhow!("usage: quant_bench BENCH_DIR [STEPS] [METHODS]"))?);
+    let dir = PathBuf::from(
+        args.get(1).ok_or_else(|| anyhow::anyhow!("usage: quant_bench BENCH_DIR [STEPS] [METHODS]"))?,
+    );
     let steps: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(30);
     let methods: Vec<String> = match args.get(3) {
         Some(m) => m.split(',').map(String::from).collect(),
@@ -44,7 +46,8 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for m in &methods {
         eprintln!("== {m}");
-        let out = Command::new(&exe).args(["--one", m, &dir.to_string_lossy(), &steps.to_string()]).output()?;
+        let out =
+            Command::new(&exe).args(["--one", m, &dir.to_string_lossy(), &steps.to_string()]).output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let Some(line) = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
             anyhow::bail!("{m} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -64,7 +67,9 @@ fn mib(v: &Value) -> String {
 fn print_table(rows: &[Value]) {
     let lora_peak = rows.iter().find(|r| r["method"] == "lora").and_then(|r| r["peak_rss"].as_f64());
     let lora_loss = rows.iter().find(|r| r["method"] == "lora").and_then(|r| r["final_loss"].as_f64());
-    println!("\n| method | base MiB | peak RSS MiB | vs LoRA | load peak MiB | act. peak MiB | tok/s | final loss | vs LoRA |");
+    println!(
+        "\n| method | base MiB | peak RSS MiB | vs LoRA | load peak MiB | act. peak MiB | tok/s | final loss | vs LoRA |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let rel = |v: Option<f64>, base: Option<f64>| match (v, base) {
@@ -108,8 +113,18 @@ fn run_one(method: &str, dir: &Path, steps: usize) -> anyhow::Result<Value> {
     let extra: &[&str] = match method {
         "lora" => &["method.kind=\"lora\""],
         "lora-gc" | "gguf-q4k" => &["method.kind=\"lora\"", "train.grad_checkpointing=true"],
-        "nf4-dq" => &["method.kind=\"qlora\"", "quant.kind=\"nf4\"", "quant.double_quant=true", "quant.compute_dtype=\"f32\""],
-        "nf4" => &["method.kind=\"qlora\"", "quant.kind=\"nf4\"", "quant.double_quant=false", "quant.compute_dtype=\"f32\""],
+        "nf4-dq" => &[
+            "method.kind=\"qlora\"",
+            "quant.kind=\"nf4\"",
+            "quant.double_quant=true",
+            "quant.compute_dtype=\"f32\"",
+        ],
+        "nf4" => &[
+            "method.kind=\"qlora\"",
+            "quant.kind=\"nf4\"",
+            "quant.double_quant=false",
+            "quant.compute_dtype=\"f32\"",
+        ],
         "int8" => &["method.kind=\"qlora\"", "quant.kind=\"int8\"", "quant.compute_dtype=\"f32\""],
         other => anyhow::bail!("unknown method {other}; known: {}", METHODS.join(", ")),
     };
@@ -126,7 +141,9 @@ fn run_one(method: &str, dir: &Path, steps: usize) -> anyhow::Result<Value> {
             load_peak = device::process_memory().1;
             load_s = start.elapsed().as_secs_f64();
         }
-        TrainEvent::Step { loss, tokens, elapsed_s, mem, .. } => steps_seen.push((*loss, *tokens, *elapsed_s, mem.clone())),
+        TrainEvent::Step { loss, tokens, elapsed_s, mem, .. } => {
+            steps_seen.push((*loss, *tokens, *elapsed_s, mem.clone()))
+        }
         _ => {}
     };
     train(&cfg, &out, false, &mut sink, &Interrupter::new())?;
@@ -195,10 +212,17 @@ fn write_gguf(model: &Path, out: &Path) -> anyhow::Result<()> {
     for name in st.names() {
         let Some(g) = gguf_name(&name) else { continue };
         let mut t = st.load(&name, DType::F32, &Device::Cpu)?;
-        let permute = if name.ends_with("q_proj.weight") { Some(heads) } else if name.ends_with("k_proj.weight") { Some(kv) } else { None };
+        let permute = if name.ends_with("q_proj.weight") {
+            Some(heads)
+        } else if name.ends_with("k_proj.weight") {
+            Some(kv)
+        } else {
+            None
+        };
         if let Some(h) = permute {
             // llama.cpp stores original row o at row order[o]: invert the loader's un-permutation.
-            let order = unpermute_order(t.dim(0)?, h).ok_or_else(|| anyhow::anyhow!("{name}: rows do not split into heads"))?;
+            let order = unpermute_order(t.dim(0)?, h)
+                .ok_or_else(|| anyhow::anyhow!("{name}: rows do not split into heads"))?;
             let mut inverse = vec![0u32; order.len()];
             for (o, &s) in order.iter().enumerate() {
                 inverse[s] = o as u32;
@@ -213,10 +237,15 @@ fn write_gguf(model: &Path, out: &Path) -> anyhow::Result<()> {
         };
         tensors.push((g, QTensor::quantize(&t, dtype)?));
     }
-    let mut vocab: Vec<(String, u64)> =
-        tok["model"]["vocab"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect()).unwrap_or_default();
+    let mut vocab: Vec<(String, u64)> = tok["model"]["vocab"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
+        .unwrap_or_default();
     vocab.sort_by_key(|(_, id)| *id);
-    let special: Vec<u64> = tok["added_tokens"].as_array().map(|a| a.iter().filter_map(|t| t["id"].as_u64()).collect()).unwrap_or_default();
+    let special: Vec<u64> = tok["added_tokens"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|t| t["id"].as_u64()).collect())
+        .unwrap_or_default();
     let merges: Vec<gguf_file::Value> = tok["model"]["merges"]
         .as_array()
         .map(|a| {
@@ -238,12 +267,24 @@ fn write_gguf(model: &Path, out: &Path) -> anyhow::Result<()> {
         ("llama.feed_forward_length", V::U32(u("intermediate_size"))),
         ("llama.attention.head_count", V::U32(heads as u32)),
         ("llama.attention.head_count_kv", V::U32(kv as u32)),
-        ("llama.attention.layer_norm_rms_epsilon", V::F32(cfg["rms_norm_eps"].as_f64().unwrap_or(1e-5) as f32)),
-        ("llama.rope.freq_base", V::F32(cfg["rope_parameters"]["rope_theta"].as_f64().or(cfg["rope_theta"].as_f64()).unwrap_or(1e4) as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            V::F32(cfg["rms_norm_eps"].as_f64().unwrap_or(1e-5) as f32),
+        ),
+        (
+            "llama.rope.freq_base",
+            V::F32(
+                cfg["rope_parameters"]["rope_theta"].as_f64().or(cfg["rope_theta"].as_f64()).unwrap_or(1e4)
+                    as f32,
+            ),
+        ),
         ("llama.vocab_size", V::U32(u("vocab_size"))),
         ("tokenizer.ggml.model", V::String("gpt2".into())),
         ("tokenizer.ggml.tokens", V::Array(vocab.iter().map(|(t, _)| V::String(t.clone())).collect())),
-        ("tokenizer.ggml.token_type", V::Array(vocab.iter().map(|(_, id)| V::I32(if special.contains(id) { 3 } else { 1 })).collect())),
+        (
+            "tokenizer.ggml.token_type",
+            V::Array(vocab.iter().map(|(_, id)| V::I32(if special.contains(id) { 3 } else { 1 })).collect()),
+        ),
         ("tokenizer.ggml.merges", V::Array(merges)),
         ("tokenizer.ggml.eos_token_id", V::U32(u("eos_token_id"))),
     ];

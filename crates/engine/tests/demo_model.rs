@@ -48,7 +48,8 @@ fn smollm2_gguf_answers_paris() {
     let model = source.build(AdapterPlan::frozen(), None, DType::F32, &Device::Cpu).unwrap();
     drop(source);
 
-    let prompt = tok.render_chat(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
+    let prompt =
+        tok.render_chat(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
     assert!(prompt.contains("<|im_start|>user\nWhat is the capital of France?<|im_end|>"), "{prompt:?}");
     let ids = tok.encode(&prompt, false).unwrap();
     let opts = GenerateOptions {

@@ -37,9 +37,11 @@ fn tiny_gguf_logits_and_loss_match_transformers_gguf_loader() {
         assert_eq!((dims.layers, dims.heads, dims.kv_heads, dims.hidden, dims.vocab), (2, 4, 2, 64, 384));
         assert_eq!(dims.tie_embeddings, label == "tied");
         // q/k come back un-permuted: the dense view of q_proj is transformers' weight.
-        let q = source.weights.load("model.layers.0.self_attn.q_proj.weight", DType::F32, &Device::Cpu).unwrap();
+        let q =
+            source.weights.load("model.layers.0.self_attn.q_proj.weight", DType::F32, &Device::Cpu).unwrap();
         assert!(rel_diff(&q, &r[&format!("{label}.layers.0.q_proj")]) < 1e-6, "{label}: q_proj permutation");
-        let k = source.weights.load("model.layers.1.self_attn.k_proj.weight", DType::F32, &Device::Cpu).unwrap();
+        let k =
+            source.weights.load("model.layers.1.self_attn.k_proj.weight", DType::F32, &Device::Cpu).unwrap();
         assert!(rel_diff(&k, &r[&format!("{label}.layers.1.k_proj")]) < 1e-6, "{label}: k_proj permutation");
 
         let model = source.build(AdapterPlan::frozen(), None, DType::F32, &Device::Cpu).unwrap();
@@ -51,7 +53,8 @@ fn tiny_gguf_logits_and_loss_match_transformers_gguf_loader() {
         assert!((ours - theirs).abs() < 1e-4 * theirs.abs(), "{label}: loss {ours} vs {theirs}");
 
         // Block-quantized projections stay quantized; the F16 ffn_down is dense.
-        let bytes: HashMap<String, usize> = model.linears().into_iter().map(|(p, l)| (p, l.base_bytes())).collect();
+        let bytes: HashMap<String, usize> =
+            model.linears().into_iter().map(|(p, l)| (p, l.base_bytes())).collect();
         assert_eq!(bytes["model.layers.0.self_attn.q_proj"], 64 * 64 / 32 * 18, "Q4_0 q_proj kept as blocks");
         assert_eq!(bytes["model.layers.0.self_attn.k_proj"], 32 * 64 / 32 * 20, "Q4_1 k_proj kept as blocks");
         assert_eq!(bytes["model.layers.0.mlp.down_proj"], 64 * 128 * 4, "F16 weights load dense (f32)");
@@ -63,8 +66,15 @@ fn tokenizer_and_chat_template_come_from_gguf_metadata() {
     let r = refs();
     let tok = load_tokenizer(&gguf("untied")).unwrap();
     let text = tok.render_chat(&[ChatMessage::new("user", "What is the capital of France?")], true).unwrap();
-    assert!(text.starts_with("<|im_start|>system\n") && text.ends_with("<|im_start|>assistant\n"), "{text:?}");
-    assert_eq!(tok.encode(&text, false).unwrap(), ids(&r["chat_ids"]), "chat ids as transformers encodes them");
+    assert!(
+        text.starts_with("<|im_start|>system\n") && text.ends_with("<|im_start|>assistant\n"),
+        "{text:?}"
+    );
+    assert_eq!(
+        tok.encode(&text, false).unwrap(),
+        ids(&r["chat_ids"]),
+        "chat ids as transformers encodes them"
+    );
     let plain = "Hello world! The quick brown fox, 12345 café";
     assert_eq!(tok.encode(plain, true).unwrap(), ids(&r["plain_ids"]));
     assert_eq!(tok.eos_token(), Some("<|im_end|>"));
@@ -103,8 +113,11 @@ fn lora_trains_on_a_gguf_base_and_saves_a_peft_adapter_with_hf_names() {
     let out = tmp.path().join("out");
     let mut sink = VecSink::default();
     train(&cfg, &out, false, &mut sink, &Interrupter::new()).unwrap();
-    let losses: Vec<f64> =
-        sink.0.iter().filter_map(|e| if let TrainEvent::Step { loss, .. } = e { Some(*loss) } else { None }).collect();
+    let losses: Vec<f64> = sink
+        .0
+        .iter()
+        .filter_map(|e| if let TrainEvent::Step { loss, .. } = e { Some(*loss) } else { None })
+        .collect();
     assert_eq!(losses.len(), 8);
     assert!(losses[7] < losses[0] - 0.1, "LoRA on a GGUF base learns: {losses:?}");
 
@@ -113,11 +126,18 @@ fn lora_trains_on_a_gguf_base_and_saves_a_peft_adapter_with_hf_names() {
     assert!(adapter.modules.iter().all(|m| m.starts_with("model.layers.")), "{:?}", adapter.modules);
     assert!(adapter.modules.contains(&"model.layers.1.self_attn.q_proj".to_string()));
     // The adapter reloads on the same base and reproduces the trained model's loss.
-    let model = load_causal_lm(&gguf("untied"), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu).unwrap();
+    let model =
+        load_causal_lm(&gguf("untied"), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu).unwrap();
     let r = reference("llama");
     let (b, t) = r["input_ids"].dims2().unwrap();
-    let (loss, _) = model.loss(&ids(&r["input_ids"]), &labels(&r["labels"]), b, t, &ForwardCtx::eval()).unwrap();
-    assert!(scalar(&loss) < losses[7], "reloaded adapter keeps the learning: {} vs {}", scalar(&loss), losses[7]);
+    let (loss, _) =
+        model.loss(&ids(&r["input_ids"]), &labels(&r["labels"]), b, t, &ForwardCtx::eval()).unwrap();
+    assert!(
+        scalar(&loss) < losses[7],
+        "reloaded adapter keeps the learning: {} vs {}",
+        scalar(&loss),
+        losses[7]
+    );
 }
 
 #[test]
@@ -182,17 +202,77 @@ fn k_quant_gguf_computes_like_its_dequantized_weights() {
     };
     add("model.embed_tokens.weight", "token_embd.weight", rand(&[vocab, hidden], 0.5), GgmlDType::F32, None);
     add("lm_head.weight", "output.weight", rand(&[vocab, hidden], 0.5), GgmlDType::Q6K, None);
-    add("model.norm.weight", "output_norm.weight", (rand(&[hidden], 0.2) + 1.0).unwrap(), GgmlDType::F32, None);
+    add(
+        "model.norm.weight",
+        "output_norm.weight",
+        (rand(&[hidden], 0.2) + 1.0).unwrap(),
+        GgmlDType::F32,
+        None,
+    );
     let p = "model.layers.0";
-    add(&format!("{p}.input_layernorm.weight"), "blk.0.attn_norm.weight", (rand(&[hidden], 0.2) + 1.0).unwrap(), GgmlDType::F32, None);
-    add(&format!("{p}.post_attention_layernorm.weight"), "blk.0.ffn_norm.weight", (rand(&[hidden], 0.2) + 1.0).unwrap(), GgmlDType::F32, None);
-    add(&format!("{p}.self_attn.q_proj.weight"), "blk.0.attn_q.weight", rand(&[hidden, hidden], 0.3), GgmlDType::Q4K, Some(heads));
-    add(&format!("{p}.self_attn.k_proj.weight"), "blk.0.attn_k.weight", rand(&[hidden / 2, hidden], 0.3), GgmlDType::Q5K, Some(kv));
-    add(&format!("{p}.self_attn.v_proj.weight"), "blk.0.attn_v.weight", rand(&[hidden / 2, hidden], 0.3), GgmlDType::Q6K, None);
-    add(&format!("{p}.self_attn.o_proj.weight"), "blk.0.attn_output.weight", rand(&[hidden, hidden], 0.3), GgmlDType::Q4K, None);
-    add(&format!("{p}.mlp.gate_proj.weight"), "blk.0.ffn_gate.weight", rand(&[inter, hidden], 0.3), GgmlDType::Q5K, None);
-    add(&format!("{p}.mlp.up_proj.weight"), "blk.0.ffn_up.weight", rand(&[inter, hidden], 0.3), GgmlDType::Q4K, None);
-    add(&format!("{p}.mlp.down_proj.weight"), "blk.0.ffn_down.weight", rand(&[hidden, inter], 0.3), GgmlDType::Q6K, None);
+    add(
+        &format!("{p}.input_layernorm.weight"),
+        "blk.0.attn_norm.weight",
+        (rand(&[hidden], 0.2) + 1.0).unwrap(),
+        GgmlDType::F32,
+        None,
+    );
+    add(
+        &format!("{p}.post_attention_layernorm.weight"),
+        "blk.0.ffn_norm.weight",
+        (rand(&[hidden], 0.2) + 1.0).unwrap(),
+        GgmlDType::F32,
+        None,
+    );
+    add(
+        &format!("{p}.self_attn.q_proj.weight"),
+        "blk.0.attn_q.weight",
+        rand(&[hidden, hidden], 0.3),
+        GgmlDType::Q4K,
+        Some(heads),
+    );
+    add(
+        &format!("{p}.self_attn.k_proj.weight"),
+        "blk.0.attn_k.weight",
+        rand(&[hidden / 2, hidden], 0.3),
+        GgmlDType::Q5K,
+        Some(kv),
+    );
+    add(
+        &format!("{p}.self_attn.v_proj.weight"),
+        "blk.0.attn_v.weight",
+        rand(&[hidden / 2, hidden], 0.3),
+        GgmlDType::Q6K,
+        None,
+    );
+    add(
+        &format!("{p}.self_attn.o_proj.weight"),
+        "blk.0.attn_output.weight",
+        rand(&[hidden, hidden], 0.3),
+        GgmlDType::Q4K,
+        None,
+    );
+    add(
+        &format!("{p}.mlp.gate_proj.weight"),
+        "blk.0.ffn_gate.weight",
+        rand(&[inter, hidden], 0.3),
+        GgmlDType::Q5K,
+        None,
+    );
+    add(
+        &format!("{p}.mlp.up_proj.weight"),
+        "blk.0.ffn_up.weight",
+        rand(&[inter, hidden], 0.3),
+        GgmlDType::Q4K,
+        None,
+    );
+    add(
+        &format!("{p}.mlp.down_proj.weight"),
+        "blk.0.ffn_down.weight",
+        rand(&[hidden, inter], 0.3),
+        GgmlDType::Q6K,
+        None,
+    );
 
     // The tokenizer metadata comes from the tiny GGUF fixture.
     let fixture = std::fs::File::open(gguf("untied")).unwrap();

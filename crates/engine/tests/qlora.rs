@@ -42,7 +42,8 @@ fn lora_gradients_through_an_nf4_base_match_peft_and_bitsandbytes() {
     let base = q.as_lora().expect("adapted").base.merged_weight().unwrap();
     let d = rel_diff(&base, &r["nf4.layers.0.q_proj.dequant"]);
     assert_eq!(d, 0.0, "dequantized q_proj differs from bitsandbytes");
-    let blocks: Vec<_> = model.linears().into_iter().filter(|(p, _)| p.starts_with("model.layers.")).collect();
+    let blocks: Vec<_> =
+        model.linears().into_iter().filter(|(p, _)| p.starts_with("model.layers.")).collect();
     let params: usize = blocks.iter().map(|(_, l)| l.dims().0 * l.dims().1).sum();
     let bytes: usize = blocks.iter().map(|(_, l)| l.base_bytes()).sum();
     assert!((bytes as f64) < 0.55 * params as f64, "NF4 + double quant: {bytes} bytes for {params} weights");
@@ -77,7 +78,11 @@ fn every_quantization_kind_deviates_from_the_dense_model_as_much_as_bitsandbytes
     )
     .unwrap();
     let r = reference("llama");
-    let bnb = candle_core::safetensors::load(fixtures().join("reference/bnb_qlora_llama.safetensors"), &Device::Cpu).unwrap();
+    let bnb = candle_core::safetensors::load(
+        fixtures().join("reference/bnb_qlora_llama.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let (b, t) = r["input_ids"].dims2().unwrap();
     let input = ids(&r["input_ids"]);
     let dense_logits = dense.forward_logits(&input, b, t).unwrap();
@@ -87,7 +92,11 @@ fn every_quantization_kind_deviates_from_the_dense_model_as_much_as_bitsandbytes
         let m = qlora_llama(QuantSpec { kind, double_quant: dq, block_size: 64, compute });
         m.forward_logits(&input, b, t).unwrap()
     };
-    for (kind, dq, lo, hi) in [(QuantKind::Nf4, false, 0.5, 1.5), (QuantKind::Fp4, true, 0.5, 1.5), (QuantKind::Int8, false, 0.0, 0.2)] {
+    for (kind, dq, lo, hi) in [
+        (QuantKind::Nf4, false, 0.5, 1.5),
+        (QuantKind::Fp4, true, 0.5, 1.5),
+        (QuantKind::Int8, false, 0.0, 0.2),
+    ] {
         let d = rel_diff(&logits(kind, dq, DType::F32), &dense_logits) / bnb_dev;
         assert!(d > lo && d < hi, "{kind:?} (dq {dq}): deviation {d} x bitsandbytes NF4's");
     }
@@ -144,8 +153,16 @@ fn qlora_training_reports_where_memory_goes_and_learns() {
     let (lora_losses, lora) = run("lora", &[]);
     let (qlora_losses, qlora) = run("qlora", &["quant.compute_dtype=\"f32\""]);
     assert!(qlora_losses[5] < qlora_losses[0] - 0.1, "QLoRA learns: {qlora_losses:?}");
-    assert!((qlora_losses[5] - lora_losses[5]).abs() < 0.05 * lora_losses[5], "{qlora_losses:?} vs {lora_losses:?}");
-    assert!(qlora.base_bytes * 10 < lora.base_bytes * 6, "base: QLoRA {} vs LoRA {}", qlora.base_bytes, lora.base_bytes);
+    assert!(
+        (qlora_losses[5] - lora_losses[5]).abs() < 0.05 * lora_losses[5],
+        "{qlora_losses:?} vs {lora_losses:?}"
+    );
+    assert!(
+        qlora.base_bytes * 10 < lora.base_bytes * 6,
+        "base: QLoRA {} vs LoRA {}",
+        qlora.base_bytes,
+        lora.base_bytes
+    );
     assert_eq!(qlora.trainable_bytes, lora.trainable_bytes);
     assert_eq!(qlora.optimizer_bytes, 2 * qlora.trainable_bytes, "AdamW keeps two f32 moments");
     assert!(qlora.process_peak_bytes >= qlora.process_rss_bytes && qlora.process_rss_bytes > 0);

@@ -8,7 +8,8 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use finetune_engine::quant::{
-    Absmax, DoubleQuant, FourBitKind, Int8Rows, QuantKind, QuantSpec, QuantWeight, quant_matmul, quantize_4bit,
+    Absmax, DoubleQuant, FourBitKind, Int8Rows, QuantKind, QuantSpec, QuantWeight, quant_matmul,
+    quantize_4bit,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,14 +54,31 @@ fn nf4_and_fp4_codes_scales_and_double_quant_state_are_bit_identical_to_bitsandb
                 let q = quantize_4bit(&w, kind, bs).unwrap();
                 assert_eq!(first_diff(&q.packed, &u8s(packed)), None, "{key}: packed codes");
                 let Absmax::F32(absmax) = &q.absmax else { panic!("plain absmax") };
-                assert_eq!(first_diff(&bits(absmax), &bits(&f32s(&r[&format!("{key}.absmax")]))), None, "{key}: absmax");
+                assert_eq!(
+                    first_diff(&bits(absmax), &bits(&f32s(&r[&format!("{key}.absmax")]))),
+                    None,
+                    "{key}: absmax"
+                );
                 let deq = q.dequantize();
-                assert_eq!(first_diff(&bits(&deq), &bits(&f32s(&r[&format!("{key}.dequant")]))), None, "{key}: dequant");
+                assert_eq!(
+                    first_diff(&bits(&deq), &bits(&f32s(&r[&format!("{key}.dequant")]))),
+                    None,
+                    "{key}: dequant"
+                );
 
                 let dq = DoubleQuant::quantize(absmax);
                 let offset = f32s(&r[&format!("{key}.dq.offset")])[0];
-                assert_eq!(dq.offset.to_bits(), offset.to_bits(), "{key}: double-quant offset {} vs {offset}", dq.offset);
-                assert_eq!(first_diff(&dq.codes, &u8s(&r[&format!("{key}.dq.codes")])), None, "{key}: 8-bit scale codes");
+                assert_eq!(
+                    dq.offset.to_bits(),
+                    offset.to_bits(),
+                    "{key}: double-quant offset {} vs {offset}",
+                    dq.offset
+                );
+                assert_eq!(
+                    first_diff(&dq.codes, &u8s(&r[&format!("{key}.dq.codes")])),
+                    None,
+                    "{key}: 8-bit scale codes"
+                );
                 assert_eq!(
                     first_diff(&bits(&dq.absmax2), &bits(&f32s(&r[&format!("{key}.dq.absmax2")]))),
                     None,
@@ -69,7 +87,11 @@ fn nf4_and_fp4_codes_scales_and_double_quant_state_are_bit_identical_to_bitsandb
                 let mut q2 = q.clone();
                 q2.double_quantize();
                 let deq2 = q2.dequantize();
-                assert_eq!(first_diff(&bits(&deq2), &bits(&f32s(&r[&format!("{key}.dq.dequant")]))), None, "{key}: dq dequant");
+                assert_eq!(
+                    first_diff(&bits(&deq2), &bits(&f32s(&r[&format!("{key}.dq.dequant")]))),
+                    None,
+                    "{key}: dq dequant"
+                );
                 checked += 1;
             }
         }
@@ -86,10 +108,18 @@ fn int8_rowwise_codes_scales_and_dequantized_weights_match_linear8bitlt() {
         let q = Int8Rows::quantize(&f32s(t), rows, cols);
         let codes: Vec<u8> = q.codes.iter().map(|&c| c as u8).collect();
         assert_eq!(first_diff(&codes, &u8s(&r[&format!("{case}.int8.codes")])), None, "{case}: int8 codes");
-        assert_eq!(first_diff(&bits(&q.scale), &bits(&f32s(&r[&format!("{case}.int8.scale")]))), None, "{case}: SCB");
+        assert_eq!(
+            first_diff(&bits(&q.scale), &bits(&f32s(&r[&format!("{case}.int8.scale")]))),
+            None,
+            "{case}: SCB"
+        );
         let mut deq = vec![0f32; rows * cols];
         q.dequantize_rows_into(0, &mut deq);
-        assert_eq!(first_diff(&bits(&deq), &bits(&f32s(&r[&format!("{case}.int8.dequant")]))), None, "{case}: dequant");
+        assert_eq!(
+            first_diff(&bits(&deq), &bits(&f32s(&r[&format!("{case}.int8.dequant")]))),
+            None,
+            "{case}: dequant"
+        );
     }
 }
 

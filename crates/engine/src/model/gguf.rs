@@ -17,7 +17,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Architectures whose GGUF layout we read, with the Hugging Face class they become.
-const ARCHS: &[(&str, &str, &str)] = &[("llama", "LlamaForCausalLM", "llama"), ("qwen2", "Qwen2ForCausalLM", "qwen2")];
+const ARCHS: &[(&str, &str, &str)] =
+    &[("llama", "LlamaForCausalLM", "llama"), ("qwen2", "Qwen2ForCausalLM", "qwen2")];
 
 /// Per-block llama.cpp tensor names and their Hugging Face module paths.
 const BLOCK_NAMES: &[(&str, &str)] = &[
@@ -41,7 +42,8 @@ pub fn is_gguf(path: &Path) -> bool {
         return true;
     }
     let mut magic = [0u8; 4];
-    std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok() && &magic == b"GGUF"
+    std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic)).is_ok()
+        && &magic == b"GGUF"
 }
 
 /// One tensor of the file under its Hugging Face name.
@@ -85,7 +87,8 @@ impl GgufFile {
                 supported: ARCHS.iter().map(|a| a.0).collect::<Vec<_>>().join(", "),
             });
         }
-        let mut out = Self { path: path.to_path_buf(), map, metadata: content.metadata, arch, entries: HashMap::new() };
+        let mut out =
+            Self { path: path.to_path_buf(), map, metadata: content.metadata, arch, entries: HashMap::new() };
         let heads = out.usize_key("attention.head_count")?;
         let kv_heads = out.opt_usize_key("attention.head_count_kv")?.unwrap_or(heads);
         let base = content.tensor_data_offset as usize;
@@ -94,7 +97,11 @@ impl GgufFile {
             let elems: usize = shape.iter().product();
             let bs = info.ggml_dtype.block_size();
             if elems % bs != 0 {
-                return Err(EngineError::tensor(path, name, format!("{elems} elements are not whole {:?} blocks", info.ggml_dtype)));
+                return Err(EngineError::tensor(
+                    path,
+                    name,
+                    format!("{elems} elements are not whole {:?} blocks", info.ggml_dtype),
+                ));
             }
             let len = elems / bs * info.ggml_dtype.type_size();
             let start = base.checked_add(info.offset as usize).unwrap_or(usize::MAX);
@@ -108,11 +115,23 @@ impl GgufFile {
             let Some((hf, permute)) = out.hf_name(name, heads, kv_heads) else { continue };
             out.entries.insert(
                 hf,
-                Entry { gguf_name: name.clone(), dtype: info.ggml_dtype, shape, start, len, unpermute_heads: permute },
+                Entry {
+                    gguf_name: name.clone(),
+                    dtype: info.ggml_dtype,
+                    shape,
+                    start,
+                    len,
+                    unpermute_heads: permute,
+                },
             );
         }
-        if out.entries.contains_key("rope_freqs.weight") || content.tensor_infos.contains_key("rope_freqs.weight") {
-            return Err(EngineError::file(path, "per-frequency RoPE factors (`rope_freqs.weight`, Llama 3.1 style) are not supported yet"));
+        if out.entries.contains_key("rope_freqs.weight")
+            || content.tensor_infos.contains_key("rope_freqs.weight")
+        {
+            return Err(EngineError::file(
+                path,
+                "per-frequency RoPE factors (`rope_freqs.weight`, Llama 3.1 style) are not supported yet",
+            ));
         }
         Ok(out)
     }
@@ -162,7 +181,9 @@ impl GgufFile {
         let key = self.key(suffix);
         match self.metadata.get(&key) {
             None => Ok(None),
-            Some(v) => as_u64(v).map(|n| Some(n as usize)).ok_or_else(|| meta_err(&self.path, &key, "expected an integer")),
+            Some(v) => as_u64(v)
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| meta_err(&self.path, &key, "expected an integer")),
         }
     }
 
@@ -180,7 +201,8 @@ impl GgufFile {
 
     /// A `config.json` equivalent built from the metadata, read by the same code as HF configs.
     pub fn config(&self) -> Result<HfConfig> {
-        let (_, class, model_type) = ARCHS.iter().find(|(a, _, _)| *a == self.arch).copied().unwrap_or(ARCHS[0]);
+        let (_, class, model_type) =
+            ARCHS.iter().find(|(a, _, _)| *a == self.arch).copied().unwrap_or(ARCHS[0]);
         let hidden = self.usize_key("embedding_length")?;
         let heads = self.usize_key("attention.head_count")?;
         let embed = self
@@ -205,7 +227,9 @@ impl GgufFile {
             "tie_word_embeddings": !self.entries.contains_key("lm_head.weight"),
             "use_sliding_window": false,
         });
-        for (meta, key) in [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")] {
+        for (meta, key) in
+            [("tokenizer.ggml.bos_token_id", "bos_token_id"), ("tokenizer.ggml.eos_token_id", "eos_token_id")]
+        {
             if let Some(id) = self.metadata.get(meta).and_then(as_u64) {
                 cfg[key] = json!(id);
             }
@@ -221,7 +245,11 @@ impl GgufFile {
                 cfg["rope_scaling"] = json!({"rope_type": "linear", "factor": factor});
             }
             Some(other) => {
-                return Err(meta_err(&self.path, &self.key("rope.scaling.type"), format!("RoPE scaling `{other}` is not supported")));
+                return Err(meta_err(
+                    &self.path,
+                    &self.key("rope.scaling.type"),
+                    format!("RoPE scaling `{other}` is not supported"),
+                ));
             }
         }
         Ok(HfConfig::from_value(self.path.clone(), cfg))
@@ -235,7 +263,9 @@ impl GgufFile {
     }
 
     fn entry(&self, name: &str) -> Result<&Entry> {
-        self.entries.get(name).ok_or_else(|| EngineError::tensor(&self.path, name, "missing from the GGUF file"))
+        self.entries
+            .get(name)
+            .ok_or_else(|| EngineError::tensor(&self.path, name, "missing from the GGUF file"))
     }
 
     fn tensor_err(&self, e: &Entry, err: impl std::fmt::Display) -> EngineError {
@@ -312,20 +342,30 @@ impl WeightSource for GgufFile {
         let cols = e.shape.iter().product::<usize>() / rows.max(1);
         let order = match e.unpermute_heads {
             Some(h) => Some(
-                unpermute_order(rows, h).ok_or_else(|| self.tensor_err(e, format!("{rows} rows do not split into {h} heads")))?,
+                unpermute_order(rows, h)
+                    .ok_or_else(|| self.tensor_err(e, format!("{rows} rows do not split into {h} heads")))?,
             ),
             None => None,
         };
         let row = |r: usize| order.as_ref().map_or(r, |o| o[r]);
         let values: Vec<f32> = self.with_bytes(e, |bytes| {
             let per_row = bytes.len() / rows.max(1);
-            let rows_in_order = (0..rows).flat_map(|r| bytes[row(r) * per_row..(row(r) + 1) * per_row].chunks_exact(e.dtype.type_size()));
+            let rows_in_order = (0..rows).flat_map(|r| {
+                bytes[row(r) * per_row..(row(r) + 1) * per_row].chunks_exact(e.dtype.type_size())
+            });
             Ok(match e.dtype {
-                GgmlDType::F32 => rows_in_order.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                GgmlDType::F16 => rows_in_order.map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                GgmlDType::BF16 => rows_in_order.map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                GgmlDType::F32 => {
+                    rows_in_order.map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                }
+                GgmlDType::F16 => {
+                    rows_in_order.map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                }
+                GgmlDType::BF16 => {
+                    rows_in_order.map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                }
                 d if is_block_quantized(d) => {
-                    let g = GgmlRows::new(d, rows, cols, bytes, order.as_deref()).map_err(|err| self.tensor_err(e, err))?;
+                    let g = GgmlRows::new(d, rows, cols, bytes, order.as_deref())
+                        .map_err(|err| self.tensor_err(e, err))?;
                     let mut out = vec![0f32; rows * cols];
                     g.dequantize_rows_into(0, &mut out).map_err(|err| self.tensor_err(e, err))?;
                     out
@@ -345,7 +385,8 @@ impl WeightSource for GgufFile {
         let (rows, cols) = (e.shape[0], e.shape[1]);
         let order = match e.unpermute_heads {
             Some(h) => Some(
-                unpermute_order(rows, h).ok_or_else(|| self.tensor_err(e, format!("{rows} rows do not split into {h} heads")))?,
+                unpermute_order(rows, h)
+                    .ok_or_else(|| self.tensor_err(e, format!("{rows} rows do not split into {h} heads")))?,
             ),
             None => None,
         };

@@ -58,7 +58,9 @@ impl GgufFile {
             .into_iter()
             .map(|i| match i {
                 Json::String(s) => Ok(s),
-                other => Err(EngineError::file(self.path(), format!("metadata `{key}`: {other} is not a string"))),
+                other => {
+                    Err(EngineError::file(self.path(), format!("metadata `{key}`: {other} is not a string")))
+                }
             })
             .collect()
     }
@@ -101,7 +103,8 @@ impl GgufFile {
                 }));
             }
         }
-        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let byte_level =
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
         let pre = self.meta_str("tokenizer.ggml.pre").unwrap_or_default();
         let pre_tokenizer = match pre_split(&pre) {
             Some(regex) => json!({"type": "Sequence", "pretokenizers": [
@@ -110,7 +113,10 @@ impl GgufFile {
             ]}),
             None => byte_level.clone(),
         };
-        let add_bos = matches!(self.meta("tokenizer.ggml.add_bos_token"), Some(candle_core::quantized::gguf_file::Value::Bool(true)));
+        let add_bos = matches!(
+            self.meta("tokenizer.ggml.add_bos_token"),
+            Some(candle_core::quantized::gguf_file::Value::Bool(true))
+        );
         let bos = self.special_token("tokenizer.ggml.bos_token_id", &tokens);
         let post_processor = match (&bos, add_bos) {
             (Some((id, text)), true) => json!({
@@ -120,7 +126,9 @@ impl GgufFile {
                          {"SpecialToken": {"id": text, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
                 "special_tokens": {text.as_str(): {"id": text, "ids": [id], "tokens": [text]}},
             }),
-            _ => json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true}),
+            _ => {
+                json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
+            }
         };
         Ok(json!({
             "version": "1.0",

@@ -93,8 +93,16 @@ fn upload(w: &QuantWeight, dev: &CudaDevice) -> Result<GpuCopy> {
     Ok(match &w.format {
         QuantFormat::FourBit(q) => {
             let (absmax, dq_codes, absmax2, offset, use_dq) = match &q.absmax {
-                Absmax::F32(v) => (dev.clone_htod(v)?, dev.alloc_zeros::<u8>(1)?, dev.alloc_zeros::<f32>(1)?, 0.0, false),
-                Absmax::Double(d) => (dev.alloc_zeros::<f32>(1)?, dev.clone_htod(&d.codes)?, dev.clone_htod(&d.absmax2)?, d.offset, true),
+                Absmax::F32(v) => {
+                    (dev.clone_htod(v)?, dev.alloc_zeros::<u8>(1)?, dev.alloc_zeros::<f32>(1)?, 0.0, false)
+                }
+                Absmax::Double(d) => (
+                    dev.alloc_zeros::<f32>(1)?,
+                    dev.clone_htod(&d.codes)?,
+                    dev.clone_htod(&d.absmax2)?,
+                    d.offset,
+                    true,
+                ),
             };
             GpuCopy::FourBit {
                 packed: dev.clone_htod(&q.packed)?,
@@ -108,7 +116,9 @@ fn upload(w: &QuantWeight, dev: &CudaDevice) -> Result<GpuCopy> {
                 block: q.block_size,
             }
         }
-        QuantFormat::Int8(q) => GpuCopy::Int8 { codes: dev.clone_htod(&q.codes)?, scale: dev.clone_htod(&q.scale)? },
+        QuantFormat::Int8(q) => {
+            GpuCopy::Int8 { codes: dev.clone_htod(&q.codes)?, scale: dev.clone_htod(&q.scale)? }
+        }
         QuantFormat::Ggml(g) => {
             GpuCopy::Ggml(g.to_qtensor(&Device::Cuda(dev.clone())).map_err(|e| cuda_err("GGUF upload", e))?)
         }
@@ -155,9 +165,18 @@ fn dequantize(w: &QuantWeight, gpu: &GpuCopy, dev: &CudaDevice, dtype: DType) ->
             let (use_dq, block) = (*use_dq as i32, *block as i64);
             let name = format!("dequant_4bit_{suffix}");
             match dtype {
-                DType::F32 => launch!(f32, &name, packed, absmax, dq_codes, absmax2, dyn_map, offset, &use_dq, table, &n64, &block),
-                DType::BF16 => launch!(bf16, &name, packed, absmax, dq_codes, absmax2, dyn_map, offset, &use_dq, table, &n64, &block),
-                _ => launch!(f16, &name, packed, absmax, dq_codes, absmax2, dyn_map, offset, &use_dq, table, &n64, &block),
+                DType::F32 => launch!(
+                    f32, &name, packed, absmax, dq_codes, absmax2, dyn_map, offset, &use_dq, table, &n64,
+                    &block
+                ),
+                DType::BF16 => launch!(
+                    bf16, &name, packed, absmax, dq_codes, absmax2, dyn_map, offset, &use_dq, table, &n64,
+                    &block
+                ),
+                _ => launch!(
+                    f16, &name, packed, absmax, dq_codes, absmax2, dyn_map, offset, &use_dq, table, &n64,
+                    &block
+                ),
             }
         }
         GpuCopy::Int8 { codes, scale } => {
@@ -181,7 +200,13 @@ fn dequantize(w: &QuantWeight, gpu: &GpuCopy, dev: &CudaDevice, dtype: DType) ->
 }
 
 /// `x · Wᵀ` (or `g · W` when `transpose`) on the GPU; `x` is contiguous `[m, inner]`.
-pub(crate) fn quant_matmul_cuda(w: &QuantWeight, transpose: bool, x: &CudaStorage, l: &Layout, m: usize) -> Result<CudaStorage> {
+pub(crate) fn quant_matmul_cuda(
+    w: &QuantWeight,
+    transpose: bool,
+    x: &CudaStorage,
+    l: &Layout,
+    m: usize,
+) -> Result<CudaStorage> {
     let dev = x.device().clone();
     if w.gpu.get().is_none() {
         let _ = w.gpu.set(upload(w, &dev)?);

@@ -286,7 +286,11 @@ mod tests {
         let step = 2.0 / 65535.0;
         for (v, &q) in [(0.0f32, &c[2]), (0.5, &c[1])] {
             let nearest = DYNAMIC_MAP.iter().map(|&d| (d - v).abs()).fold(f32::MAX, f32::min);
-            assert!((DYNAMIC_MAP[q as usize] - v).abs() <= nearest + step, "{v} -> {}", DYNAMIC_MAP[q as usize]);
+            assert!(
+                (DYNAMIC_MAP[q as usize] - v).abs() <= nearest + step,
+                "{v} -> {}",
+                DYNAMIC_MAP[q as usize]
+            );
         }
     }
 }

@@ -180,7 +180,10 @@ pub struct FourBit {
 /// the ragged last block divides by it; the stored absmax of the last block is the clamped one).
 pub fn quantize_4bit(x: &[f32], kind: FourBitKind, block_size: usize) -> Result<FourBit> {
     if block_size == 0 || block_size % 2 != 0 {
-        return Err(EngineError::config("quant.block_size", format!("must be an even number, got {block_size}")));
+        return Err(EngineError::config(
+            "quant.block_size",
+            format!("must be an even number, got {block_size}"),
+        ));
     }
     let n = x.len();
     let blocks = n.div_ceil(block_size);

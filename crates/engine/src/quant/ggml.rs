@@ -27,19 +27,30 @@ impl std::fmt::Debug for GgmlRows {
 /// Whether a GGML type is a block format this module keeps quantized.
 pub fn is_block_quantized(dtype: GgmlDType) -> bool {
     use GgmlDType as G;
-    matches!(dtype, G::Q4_0 | G::Q4_1 | G::Q5_0 | G::Q5_1 | G::Q8_0 | G::Q2K | G::Q3K | G::Q4K | G::Q5K | G::Q6K)
+    matches!(
+        dtype,
+        G::Q4_0 | G::Q4_1 | G::Q5_0 | G::Q5_1 | G::Q8_0 | G::Q2K | G::Q3K | G::Q4K | G::Q5K | G::Q6K
+    )
 }
 
 impl GgmlRows {
     /// Takes the raw bytes of a `[rows, cols]` tensor; `row_order[i]` is the stored row that
     /// becomes row i (identity when `None`).
-    pub fn new(dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8], row_order: Option<&[usize]>) -> Result<Self> {
+    pub fn new(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+        row_order: Option<&[usize]>,
+    ) -> Result<Self> {
         if !is_block_quantized(dtype) {
             return Err(EngineError::Other(format!("{dtype:?} is not a GGML block format")));
         }
         let bs = dtype.block_size();
         if cols % bs != 0 {
-            return Err(EngineError::Other(format!("{cols} columns are not a multiple of the {dtype:?} block ({bs})")));
+            return Err(EngineError::Other(format!(
+                "{cols} columns are not a multiple of the {dtype:?} block ({bs})"
+            )));
         }
         let row_bytes = cols / bs * dtype.type_size();
         if bytes.len() != rows * row_bytes {
@@ -50,7 +61,9 @@ impl GgmlRows {
             )));
         }
         if row_bytes % 2 != 0 {
-            return Err(EngineError::Other(format!("{dtype:?} rows of {row_bytes} bytes are not 2-byte aligned")));
+            return Err(EngineError::Other(format!(
+                "{dtype:?} rows of {row_bytes} bytes are not 2-byte aligned"
+            )));
         }
         let mut data = Vec::with_capacity(bytes.len() / 2);
         for r in 0..rows {
@@ -79,7 +92,10 @@ impl GgmlRows {
         let n = out.len();
         let rows = n / self.cols.max(1);
         if rows * self.cols != n || r0 + rows > self.rows {
-            return Err(EngineError::Other(format!("row range {r0}+{rows} outside a {}-row matrix", self.rows)));
+            return Err(EngineError::Other(format!(
+                "row range {r0}+{rows} outside a {}-row matrix",
+                self.rows
+            )));
         }
         let bytes = &self.raw()[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
         let blocks = self.dtype.from_data(Cow::Borrowed(bytes));
@@ -110,7 +126,14 @@ mod tests {
         let (rows, cols) = (6, 512);
         let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
         let t = Tensor::from_vec(w, (rows, cols), &dev).unwrap();
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ] {
             let q = QTensor::quantize(&t, dtype).unwrap();
             let full = q.dequantize(&dev).unwrap().to_vec2::<f32>().unwrap();
             let data = q.data().unwrap();

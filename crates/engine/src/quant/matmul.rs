@@ -6,7 +6,9 @@
 
 use super::QuantWeight;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Layout, MetalStorage, Result, Shape, Tensor, bail};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, DType, Layout, MetalStorage, Result, Shape, Tensor, bail,
+};
 use half::{bf16, f16};
 use std::sync::Arc;
 
@@ -159,7 +161,12 @@ impl QuantMatmul {
 
     /// Any device without a kernel of its own: dequantize on the host into a transient dense
     /// tensor, move it over and use the backend's matmul.
-    fn dense_fallback<S: BackendStorage>(&self, s: &S, l: &Layout, device: &candle_core::Device) -> Result<(S, Shape)>
+    fn dense_fallback<S: BackendStorage>(
+        &self,
+        s: &S,
+        l: &Layout,
+        device: &candle_core::Device,
+    ) -> Result<(S, Shape)>
     where
         S: FromStorage,
     {
@@ -278,18 +285,23 @@ mod tests {
     #[test]
     fn bf16_compute_rounds_operands_and_result() -> Result<()> {
         let dev = Device::Cpu;
-        let spec = QuantSpec { kind: QuantKind::Nf4, double_quant: false, block_size: 64, compute: DType::BF16 };
+        let spec =
+            QuantSpec { kind: QuantKind::Nf4, double_quant: false, block_size: 64, compute: DType::BF16 };
         let w = Arc::new(
-            QuantWeight::quantize(&rand(8 * 64, 4), 8, 64, &spec).map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            QuantWeight::quantize(&rand(8 * 64, 4), 8, 64, &spec)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
         );
         let x = Tensor::from_vec(rand(64, 5), (1, 64), &dev)?;
         let y = quant_matmul(&x, &w)?;
         let wd = w.dequantize(DType::BF16, &dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let reference = x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.matmul(&wd.to_dtype(DType::F32)?.t()?)?;
+        let reference =
+            x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.matmul(&wd.to_dtype(DType::F32)?.t()?)?;
         let reference = reference.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
         let d = (&y - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(d < 1e-2, "bf16 emulation differs by {d}");
-        let exact = x.matmul(&w.dequantize(DType::F32, &dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?.t()?)?;
+        let exact = x.matmul(
+            &w.dequantize(DType::F32, &dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?.t()?,
+        )?;
         assert!((&y - &exact)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.0, "bf16 rounding must show");
         Ok(())
     }

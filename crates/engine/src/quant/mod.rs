@@ -13,8 +13,10 @@ mod matmul;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-pub use double::{BLOCK as DOUBLE_QUANT_BLOCK, DYNAMIC_MAP, DoubleQuant, quantize_blockwise_dynamic, torch_mean, torch_sum};
-pub use four_bit::{Absmax, FourBit, FourBitKind, FP4, NF4, quantize_4bit};
+pub use double::{
+    BLOCK as DOUBLE_QUANT_BLOCK, DYNAMIC_MAP, DoubleQuant, quantize_blockwise_dynamic, torch_mean, torch_sum,
+};
+pub use four_bit::{Absmax, FP4, FourBit, FourBitKind, NF4, quantize_4bit};
 pub use ggml::{GgmlRows, is_block_quantized};
 pub use int8::Int8Rows;
 pub use matmul::quant_matmul;
@@ -52,18 +54,29 @@ impl QuantSpec {
             "nf4" => QuantKind::Nf4,
             "fp4" => QuantKind::Fp4,
             "int8" => QuantKind::Int8,
-            other => return Err(EngineError::config("quant.kind", format!("must be nf4, fp4 or int8, got `{other}`"))),
+            other => {
+                return Err(EngineError::config(
+                    "quant.kind",
+                    format!("must be nf4, fp4 or int8, got `{other}`"),
+                ));
+            }
         };
         let compute = match q.compute_dtype.as_str() {
             "f32" => DType::F32,
             "bf16" => DType::BF16,
             "f16" => DType::F16,
             other => {
-                return Err(EngineError::config("quant.compute_dtype", format!("must be bf16, f16 or f32, got `{other}`")));
+                return Err(EngineError::config(
+                    "quant.compute_dtype",
+                    format!("must be bf16, f16 or f32, got `{other}`"),
+                ));
             }
         };
         if q.block_size < 2 || q.block_size % 2 != 0 {
-            return Err(EngineError::config("quant.block_size", format!("must be an even number, got {}", q.block_size)));
+            return Err(EngineError::config(
+                "quant.block_size",
+                format!("must be an even number, got {}", q.block_size),
+            ));
         }
         Ok(Self { kind, double_quant: q.double_quant, block_size: q.block_size, compute })
     }
@@ -182,7 +195,10 @@ impl QuantWeight {
     pub fn dequantize_rows_into(&self, r0: usize, out: &mut [f32]) -> Result<()> {
         let rows = out.len() / self.cols.max(1);
         if rows * self.cols != out.len() || r0 + rows > self.rows {
-            return Err(EngineError::Other(format!("row range {r0}+{rows} outside a {}-row matrix", self.rows)));
+            return Err(EngineError::Other(format!(
+                "row range {r0}+{rows} outside a {}-row matrix",
+                self.rows
+            )));
         }
         match &self.format {
             QuantFormat::FourBit(q) => q.dequantize_into(r0 * self.cols, out),
