@@ -104,7 +104,7 @@ impl GgufFile {
                 ));
             }
             let len = elems / bs * info.ggml_dtype.type_size();
-            let start = base.checked_add(info.offset as usize).unwrap_or(usize::MAX);
+            let start = base.saturating_add(info.offset as usize);
             if start.checked_add(len).is_none_or(|end| end > out.map.len()) {
                 return Err(EngineError::tensor(
                     path,

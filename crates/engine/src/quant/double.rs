@@ -173,7 +173,9 @@ fn ceil_log2(x: usize) -> usize {
     if x <= 2 { 1 } else { (usize::BITS - (x - 1).leading_zeros()) as usize }
 }
 
-/// torch's `multi_row_sum` with 4 rows: `load(i, k)` is element k of row group i.
+/// torch's `multi_row_sum` with 4 rows: `load(i, k)` is element k of row group i. The loops
+/// mirror torch's so the summation order is visibly the same.
+#[allow(clippy::needless_range_loop)]
 fn multi_row_sum<T: Acc>(load: &impl Fn(usize, usize) -> T, size: usize) -> [T; 4] {
     const LEVELS: usize = 4;
     let level_power = 4.max(ceil_log2(size) / LEVELS);

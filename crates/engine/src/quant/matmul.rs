@@ -161,15 +161,12 @@ impl QuantMatmul {
 
     /// Any device without a kernel of its own: dequantize on the host into a transient dense
     /// tensor, move it over and use the backend's matmul.
-    fn dense_fallback<S: BackendStorage>(
+    fn dense_fallback<S: BackendStorage + FromStorage>(
         &self,
         s: &S,
         l: &Layout,
         device: &candle_core::Device,
-    ) -> Result<(S, Shape)>
-    where
-        S: FromStorage,
-    {
+    ) -> Result<(S, Shape)> {
         let (m, shape) = self.dims(l)?;
         let w = self.w.dequantize(s.dtype(), device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let w = if self.transpose { w.t()?.contiguous()? } else { w };
