@@ -89,6 +89,12 @@ pub fn process_memory() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// Resets the process's resident high-water mark (`VmHWM`) to its current resident size, so the
+/// next [`process_memory`] reports the peak since this call. Linux only; false where unsupported.
+pub fn reset_peak_memory() -> bool {
+    std::fs::write("/proc/self/clear_refs", b"5").is_ok()
+}
+
 /// A short description of a device for events and logs.
 pub fn describe(device: &Device) -> String {
     match device {

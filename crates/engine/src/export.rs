@@ -1,5 +1,6 @@
 //! Writing whole models: a merged (adapter folded in) or fully fine-tuned model as a Hugging Face
-//! folder — `config.json`, `model.safetensors` and the tokenizer files copied from the base.
+//! folder — `config.json`, `model.safetensors` and the tokenizer files copied from the base (or,
+//! for a GGUF base, written from the file's metadata).
 
 use crate::error::{EngineError, Result};
 use crate::fsutil;
@@ -30,6 +31,9 @@ pub fn write_hf_folder(model: &dyn LanguageModel, base_dir: &Path, out: &Path) -
     fsutil::write_atomic_with(&weights, |tmp| {
         candle_core::safetensors::save(&tensors, tmp).map_err(|e| EngineError::file(tmp, e.to_string()))
     })?;
+    if crate::model::is_gguf(base_dir) {
+        return write_gguf_side_files(base_dir, out);
+    }
     for name in SIDE_FILES {
         let src = base_dir.join(name);
         if src.exists() {
@@ -38,4 +42,20 @@ pub fn write_hf_folder(model: &dyn LanguageModel, base_dir: &Path, out: &Path) -
         }
     }
     Ok(())
+}
+
+/// `config.json`, `tokenizer.json` and `tokenizer_config.json` for a model whose base was a GGUF
+/// file: the config and tokenizer the engine built from its metadata.
+fn write_gguf_side_files(gguf: &Path, out: &Path) -> Result<()> {
+    let file = crate::model::GgufFile::open(gguf)?;
+    fsutil::write_json(&out.join("config.json"), &file.config()?.raw)?;
+    fsutil::write_json(&out.join("tokenizer.json"), &file.tokenizer_json()?)?;
+    let tok = file.tokenizer()?;
+    let cfg = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": tok.bos_token(),
+        "eos_token": tok.eos_token(),
+        "chat_template": file.chat_template(),
+    });
+    fsutil::write_json(&out.join("tokenizer_config.json"), &cfg)
 }

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod peft;
+pub mod quant;
 pub mod rng;
 pub mod tokenizer;
 pub mod train;

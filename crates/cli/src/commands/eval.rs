@@ -2,12 +2,13 @@
 //! encoder-decoder, the mean loss of its targets.
 
 use clap::Args as ClapArgs;
-use finetune_engine::{config::MethodKind, data, device, eval, layers::AdapterPlan, model, peft::PeftAdapter, tokenizer::TextTokenizer};
+use finetune_engine::{config::MethodKind, data, device, eval, layers::AdapterPlan, model, peft::PeftAdapter};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(ClapArgs)]
 pub struct Args {
+    /// A Hugging Face model folder or a GGUF file.
     #[arg(long)]
     model: PathBuf,
     /// A PEFT adapter folder to apply.
@@ -35,7 +36,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         None => AdapterPlan::frozen(),
     };
     let m = model::load_model(&a.model, plan, dtype, &dev)?;
-    let tok = TextTokenizer::from_dir(&a.model)?;
+    let tok = model::load_tokenizer(&a.model)?;
     let max_positions = match &m {
         model::AnyModel::Causal(c) => c.dims.max_positions,
         model::AnyModel::Seq2Seq(s) => s.dims.max_positions,

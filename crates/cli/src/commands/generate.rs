@@ -4,12 +4,13 @@
 use clap::Args as ClapArgs;
 use finetune_engine::data::ChatMessage;
 use finetune_engine::generate::{GenerateOptions, generate};
-use finetune_engine::{config::MethodKind, device, layers::AdapterPlan, model, peft::PeftAdapter, tokenizer::TextTokenizer};
+use finetune_engine::{config::MethodKind, device, layers::AdapterPlan, model, peft::PeftAdapter};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(ClapArgs)]
 pub struct Args {
+    /// A Hugging Face model folder or a GGUF file.
     #[arg(long)]
     model: PathBuf,
     #[arg(long)]
@@ -40,7 +41,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         None => AdapterPlan::frozen(),
     };
     let m = model::load_causal_lm(&a.model, plan, dtype, &dev)?;
-    let tok = TextTokenizer::from_dir(&a.model)?;
+    let tok = model::load_tokenizer(&a.model)?;
     let ids = if !a.raw && tok.has_chat_template() {
         let text = tok.render_chat(&[ChatMessage::new("user", a.prompt.clone())], true)?;
         tok.encode(&text, false)?

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 #[derive(ClapArgs)]
 pub struct Args {
-    /// A Hugging Face model folder.
+    /// A Hugging Face model folder or a GGUF file (llama.cpp / Ollama).
     #[arg(long)]
     model: Option<PathBuf>,
     /// The dataset (JSONL or JSON array).

@@ -41,7 +41,7 @@ impl Default for TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSection {
-    /// A Hugging Face model folder (or, later, a GGUF file).
+    /// A Hugging Face model folder or a GGUF file.
     pub path: PathBuf,
     /// Compute and storage dtype of the base weights: auto, f32, bf16 or f16.
     pub dtype: String,

@@ -1,11 +1,14 @@
 //! [`LayerFactory`]: builds every projection from the weight source and the [`AdapterPlan`]
 //! (which method, which modules get LoRA, how adapters start), and every other parameter
-//! (embeddings, norms) frozen or trainable as the method requires.
+//! (embeddings, norms) frozen or trainable as the method requires. The base of a projection is
+//! dense (LoRA, full fine-tuning), quantized on load (QLoRA: each weight is read, quantized and
+//! dropped before the next one is read) or quantized as stored (GGUF blocks).
 
-use super::{DenseLinear, Linear, LoraLinear};
-use crate::config::MethodKind;
+use super::{DenseLinear, Linear, LoraLinear, QuantLinear};
+use crate::config::{MethodKind, QuantSection};
 use crate::error::{EngineError, Result};
 use crate::model::WeightSource;
+use crate::quant::{QuantSpec, QuantWeight};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var};
 use std::sync::{Arc, Mutex};
@@ -106,12 +109,61 @@ pub struct LayerFactory {
     pub dtype: DType,
     pub device: Device,
     pub plan: AdapterPlan,
+    /// How QLoRA quantizes dense weights on load (`None`: the `[quant]` defaults when the plan's
+    /// method is QLoRA).
+    pub quant: Option<QuantSpec>,
     adapted: Mutex<Vec<String>>,
 }
 
 impl LayerFactory {
     pub fn new(weights: Arc<dyn WeightSource>, dtype: DType, device: Device, plan: AdapterPlan) -> Self {
-        Self { weights, dtype, device, plan, adapted: Mutex::new(Vec::new()) }
+        Self { weights, dtype, device, plan, quant: None, adapted: Mutex::new(Vec::new()) }
+    }
+
+    /// Quantize projection weights on load with `spec` (QLoRA).
+    pub fn with_quant(mut self, spec: QuantSpec) -> Self {
+        self.quant = Some(spec);
+        self
+    }
+
+    /// The quantization applied to dense projection weights, if any.
+    fn quant_spec(&self) -> Result<Option<QuantSpec>> {
+        match (self.plan.method, self.quant) {
+            (MethodKind::Full, _) => Ok(None),
+            (_, Some(spec)) => Ok(Some(spec)),
+            (MethodKind::Qlora, None) => Ok(Some(QuantSpec::from_config(&QuantSection::default())?)),
+            (MethodKind::Lora, None) => Ok(None),
+        }
+    }
+
+    /// A frozen base for `path` from a weight the source already stores quantized (GGUF), or
+    /// by quantizing the dense weight when QLoRA asks for it.
+    fn quantized_base(&self, path: &str, in_dim: usize, out_dim: usize, bias: Option<Tensor>) -> Result<Option<Box<dyn Linear>>> {
+        if self.full() {
+            return Ok(None);
+        }
+        let name = format!("{path}.weight");
+        let compute = self.quant.map(|q| q.compute).unwrap_or(self.dtype);
+        let weight = match self.weights.load_quantized(&name, compute)? {
+            Some(q) => Some(q),
+            None => match self.quant_spec()? {
+                Some(spec) => {
+                    // Streaming: this one dense tensor is read, quantized and dropped here.
+                    let dense = self.tensor(&name, &[out_dim, in_dim], DType::F32)?;
+                    Some(QuantWeight::quantize_tensor(&dense, &spec)?)
+                }
+                None => None,
+            },
+        };
+        let Some(weight) = weight else { return Ok(None) };
+        if (weight.rows, weight.cols) != (out_dim, in_dim) {
+            return Err(EngineError::tensor(
+                self.weights.origin(&name),
+                &name,
+                format!("has shape [{}, {}], the config implies [{out_dim}, {in_dim}]", weight.rows, weight.cols),
+            ));
+        }
+        Ok(Some(Box::new(QuantLinear::new(weight, bias, self.dtype, self.device.clone()))))
     }
 
     /// Module paths that received an adapter, in build order.
@@ -137,8 +189,11 @@ impl LayerFactory {
 
     /// The projection `path` with weight `{path}.weight` of shape `[out, in]` (and its bias).
     pub fn linear(&self, path: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Box<dyn Linear>> {
-        let w = self.tensor(&format!("{path}.weight"), &[out_dim, in_dim], self.dtype)?;
         let b = if bias { Some(self.tensor(&format!("{path}.bias"), &[out_dim], self.dtype)?) } else { None };
+        if let Some(base) = self.quantized_base(path, in_dim, out_dim, b.clone())? {
+            return self.wrap(path, base);
+        }
+        let w = self.tensor(&format!("{path}.weight"), &[out_dim, in_dim], self.dtype)?;
         self.linear_from(path, w, b)
     }
 
@@ -154,6 +209,10 @@ impl LayerFactory {
     pub fn linear_from(&self, path: &str, weight: Tensor, bias: Option<Tensor>) -> Result<Box<dyn Linear>> {
         let base: Box<dyn Linear> = if self.full() {
             Box::new(DenseLinear::trainable(weight, bias)?)
+        } else if let Some(spec) = self.quant_spec()? {
+            let q = QuantWeight::quantize_tensor(&weight, &spec)?;
+            drop(weight);
+            Box::new(QuantLinear::new(q, bias, self.dtype, self.device.clone()))
         } else {
             Box::new(DenseLinear::frozen(weight, bias))
         };

@@ -1,14 +1,17 @@
 //! The one linear-layer seam. Every projection of every architecture is a `Box<dyn Linear>` made
-//! by [`LayerFactory`], which picks the base (frozen dense, trainable dense, later quantized) and
-//! wraps it with a LoRA adapter when the plan targets it. Models never branch on either.
+//! by [`LayerFactory`], which picks the base (frozen dense, trainable dense, or quantized: NF4,
+//! FP4, int8, GGUF blocks) and wraps it with a LoRA adapter when the plan targets it. Models
+//! never branch on either.
 
 mod dense;
 mod factory;
 mod lora;
+mod quant;
 
 pub use dense::DenseLinear;
 pub use factory::{AdapterPlan, LayerFactory, Param, TargetSet, peft_name};
 pub use lora::LoraLinear;
+pub use quant::QuantLinear;
 
 use crate::ops::FrozenKernel;
 use candle_core::{Result, Tensor, Var};

@@ -19,6 +19,13 @@ pub trait WeightSource: Send + Sync {
     /// The file a tensor lives in (for error messages).
     fn origin(&self, name: &str) -> PathBuf;
 
+    /// The tensor as a quantized matrix when the source stores it quantized (GGUF blocks), so it
+    /// can stay quantized as a frozen base; `None` for dense tensors. `compute` is the dtype it
+    /// is dequantized into for each matmul.
+    fn load_quantized(&self, _name: &str, _compute: DType) -> Result<Option<crate::quant::QuantWeight>> {
+        Ok(None)
+    }
+
     /// Loads a tensor and checks its shape.
     fn load_shaped(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         match self.shape(name) {
@@ -31,6 +38,20 @@ pub trait WeightSource: Send + Sync {
             Some(_) => self.load(name, dtype, device),
         }
     }
+}
+
+/// Drops the pages of a read-only file mapping's range from this process's resident set once
+/// its bytes have been copied out, so that reading a model through a memory map does not keep
+/// the whole file resident (the pages stay in the OS page cache).
+pub(crate) fn release_pages(map: &Mmap, start: usize, len: usize) {
+    #[cfg(unix)]
+    // SAFETY: the mapping is read-only and file-backed, so MADV_DONTNEED only drops this
+    // process's page-table entries; a later read faults the same file contents back in.
+    unsafe {
+        let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len);
+    }
+    #[cfg(not(unix))]
+    let _ = (map, start, len);
 }
 
 struct Entry {
@@ -154,21 +175,6 @@ fn first_truncated_tensor(bytes: &[u8]) -> Option<String> {
     tensors.into_iter().find(|(end, _)| *end > available).map(|(_, name)| name.clone())
 }
 
-/// Drops the page-cache pages of a tensor we have copied out from this process's resident set,
-/// so loading a model does not count its weights twice (mapped file + our copy).
-fn release_pages(map: &Mmap, start: usize, end: usize) {
-    #[cfg(unix)]
-    {
-        const PAGE: usize = 4096;
-        let (a, b) = (start.div_ceil(PAGE) * PAGE, end / PAGE * PAGE);
-        if b > a {
-            // SAFETY: the map is a read-only private file mapping; MADV_DONTNEED only drops pages,
-            // which the kernel re-reads from the file if they are touched again.
-            let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a) };
-        }
-    }
-}
-
 impl WeightSource for SafetensorsWeights {
     fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
@@ -185,10 +191,11 @@ impl WeightSource for SafetensorsWeights {
             .ok_or_else(|| EngineError::tensor(&self.dir, name, "missing from the checkpoint"))?;
         let bytes = &self.maps[e.file][e.start..e.end];
         let t = Tensor::from_raw_buffer(bytes, e.dtype, &e.shape, &Device::Cpu)
-            .map_err(|err| EngineError::tensor(&self.files[e.file], name, err.to_string()))?;
+            .map_err(|err| EngineError::tensor(&self.files[e.file], name, err.to_string()));
+        release_pages(&self.maps[e.file], e.start, e.end - e.start);
+        let t = t?;
         let t = if e.dtype != dtype { t.to_dtype(dtype)? } else { t };
         let t = t.to_device(device)?;
-        release_pages(&self.maps[e.file], e.start, e.end);
         Ok(t)
     }
 

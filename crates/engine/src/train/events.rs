@@ -14,9 +14,18 @@ pub struct MemoryStats {
     pub trainable_bytes: u64,
     /// Optimizer moments.
     pub optimizer_bytes: u64,
-    /// Resident memory of the process now, and its peak (CPU).
+    /// Resident memory of the process now, and its peak since it started (CPU).
     pub process_rss_bytes: u64,
     pub process_peak_bytes: u64,
+    /// Peak resident memory during this optimizer step (Linux: the high-water mark is reset
+    /// before each step).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub step_peak_bytes: Option<u64>,
+    /// What the step needed at its peak on top of what was resident when it began: activations
+    /// kept for backward, gradients and temporaries. A lower bound when the allocator still holds
+    /// memory freed by earlier steps.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub activation_peak_bytes: Option<u64>,
     /// Device memory in use, when a GPU reports it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub device_used_bytes: Option<u64>,

@@ -11,7 +11,7 @@ use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use super::plan::adapter_plan;
 use super::schedule::{ScheduleKind, lr_at};
 use super::step::{GradAccumulator, StepBatch, accumulate_any};
-use crate::arch::{self, ArchSpec, Family};
+use crate::arch::{ArchSpec, Family};
 use crate::config::{MethodKind, TrainConfig};
 use crate::data::{self, Dataset, Example};
 use crate::device;
@@ -19,15 +19,12 @@ use crate::error::{EngineError, Result};
 use crate::eval::evaluate_any;
 use crate::export;
 use crate::fsutil;
-use crate::layers::{ForwardCtx, LayerFactory};
-use crate::model::{
-    AnyModel, CausalLm, HfConfig, LanguageModel, ModelDims, SafetensorsWeights, Seq2SeqDims, Seq2SeqLm, WeightSource,
-};
+use crate::layers::ForwardCtx;
+use crate::model::{AnyModel, CausalLm, LanguageModel, ModelDims, ModelSource, Seq2SeqDims};
 use crate::peft;
-use crate::tokenizer::TextTokenizer;
+use crate::quant::QuantSpec;
 use candle_core::{DType, Tensor, Var};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +41,20 @@ pub struct TrainOutcome {
     pub final_loss: f64,
     pub best_loss: f64,
     pub eval_loss: Option<f64>,
+}
+
+/// A log line on how the frozen projections are stored (dense, quantized on load, GGUF blocks).
+fn describe_base(model: &CausalLm) -> Option<String> {
+    let linears = model.linears();
+    let weights: usize = linears.iter().map(|(_, l)| l.dims().0 * l.dims().1).sum();
+    let bytes: usize = linears.iter().map(|(_, l)| l.base_bytes()).sum();
+    (weights > 0 && bytes > 0).then(|| {
+        format!(
+            "frozen projections: {:.1} MiB for {weights} weights ({:.2} bytes per weight)",
+            bytes as f64 / (1 << 20) as f64,
+            bytes as f64 / weights as f64
+        )
+    })
 }
 
 fn log(sink: &mut dyn EventSink, message: impl Into<String>) {
@@ -114,20 +125,20 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
     if cfg.data.path.as_os_str().is_empty() {
         return Err(EngineError::config("data.path", "no dataset given"));
     }
-    let hf = HfConfig::from_dir(model_dir)?;
+    let source = ModelSource::open(model_dir)?;
     // Decoder-only and encoder-decoder models share the loop; they differ in data and step.
-    let resolved = match arch::detect(&hf)? {
+    let resolved = match source.family()? {
         Family::Decoder(_) => {
-            let (spec, dims) = arch::resolve(&hf)?;
+            let (spec, dims) = source.resolve()?;
             Resolved::Causal(spec, dims)
         }
-        Family::Seq2Seq(s) => Resolved::Seq2Seq(*s, Seq2SeqDims::from_config(&hf, s)?),
+        Family::Seq2Seq(s) => Resolved::Seq2Seq(*s, Seq2SeqDims::from_config(&source.config, s)?),
     };
     let (targets, max_positions) = match &resolved {
         Resolved::Causal(spec, dims) => (spec.targets(), dims.max_positions),
         Resolved::Seq2Seq(spec, dims) => (spec.targets(), dims.max_positions),
     };
-    let tok = TextTokenizer::from_dir(model_dir)?;
+    let tok = source.tokenizer()?;
     let (data_cfg, note) = cfg.data_for_context(max_positions);
     if let Some(note) = note {
         log(sink, note);
@@ -145,13 +156,17 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
     for n in notes {
         log(sink, n);
     }
-    let weights: Arc<dyn WeightSource> = Arc::new(SafetensorsWeights::from_dir(model_dir)?);
-    let factory = LayerFactory::new(weights, dtype, device.clone(), plan);
-    let model = match resolved {
-        Resolved::Causal(spec, dims) => AnyModel::Causal(CausalLm::build(spec, dims, &factory)?),
-        Resolved::Seq2Seq(spec, dims) => AnyModel::Seq2Seq(Seq2SeqLm::build(spec, dims, &factory)?),
+    let quant = match cfg.method.kind {
+        MethodKind::Qlora => Some(QuantSpec::from_config(&cfg.quant)?),
+        _ => None,
     };
-    drop(factory); // unmaps the checkpoint files
+    let model = source.build_any(plan, quant, dtype, &device)?;
+    drop(source); // unmaps the checkpoint files
+    if let AnyModel::Causal(m) = &model {
+        if let Some(base) = describe_base(m) {
+            log(sink, base);
+        }
+    }
     let lm = model.as_dyn();
     let params: Vec<(String, Var)> = lm.trainable();
     if params.is_empty() {
@@ -249,6 +264,8 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
     let mut last_checkpoint_step = None;
     let mut eval_loss = None;
     let mut guard = LossGuard::default();
+    // The process-lifetime peak: the kernel's high-water mark is reset before every step.
+    let mut lifetime_peak = device::process_memory().1;
 
     while state.step < total_steps {
         if let Some(req) = stop.requested() {
@@ -256,6 +273,8 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
         }
         faults.before_step(state.step + 1)?;
         let step_start = Instant::now();
+        let rss_before = device::process_memory().0;
+        let peak_reset = device::reset_peak_memory();
         let batches: Vec<StepBatch> = (0..accum)
             .map(|k| StepBatch::collate(&model, &cursor.micro_batch(state.micro_batches + k), pad))
             .collect();
@@ -301,7 +320,9 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
         }
         let elapsed = loop_start.elapsed().as_secs_f64();
         let done = (state.step - first_step) as f64;
-        let (rss, peak) = device::process_memory();
+        let (rss, hwm) = device::process_memory();
+        lifetime_peak = lifetime_peak.max(hwm);
+        let step_peak = peak_reset.then_some(hwm);
         sink.emit(&TrainEvent::Step {
             step: state.step,
             total_steps,
@@ -318,7 +339,9 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
                 trainable_bytes: params.iter().map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum(),
                 optimizer_bytes: opt.state_bytes() as u64,
                 process_rss_bytes: rss,
-                process_peak_bytes: peak,
+                process_peak_bytes: lifetime_peak,
+                step_peak_bytes: step_peak,
+                activation_peak_bytes: step_peak.map(|p| p.saturating_sub(rss_before)),
                 device_used_bytes: None,
             },
         });

@@ -1,0 +1,305 @@
+//! `x · Wᵀ` for a quantized frozen W as a candle custom op. The forward dequantizes W a chunk of
+//! rows at a time into a small buffer (in the compute dtype) and multiplies; the backward is a
+//! second op computing `dL/dy · W` the same way. Nothing dense stays alive in the graph: the op
+//! holds only the quantized weight. On the CPU a bf16/f16 compute dtype is emulated by rounding
+//! the operands and the result (f32 accumulation, like a GPU GEMM); CUDA dequantizes in a kernel.
+
+use super::QuantWeight;
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, DType, Layout, MetalStorage, Result, Shape, Tensor, bail,
+};
+use half::{bf16, f16};
+use std::sync::Arc;
+
+/// Computes `x · wᵀ` for a quantized `w` (`[out, in]`); `x` may have any leading dimensions. The
+/// result has `x`'s dtype. Only `x` receives a gradient.
+pub fn quant_matmul(x: &Tensor, w: &Arc<QuantWeight>) -> Result<Tensor> {
+    let k = x.dim(candle_core::D::Minus1)?;
+    if k != w.cols {
+        bail!("quantized matmul: input has {k} features, weight expects {}", w.cols);
+    }
+    x.contiguous()?.apply_op1(QuantMatmul { w: w.clone(), transpose: false })
+}
+
+/// `transpose: false`: `y = x · Wᵀ` (`[.., in] → [.., out]`); `true`: `dx = g · W` (`[.., out] → [.., in]`).
+struct QuantMatmul {
+    w: Arc<QuantWeight>,
+    transpose: bool,
+}
+
+/// Rows of W dequantized per chunk: about 4 MiB of f32, at least 64 rows.
+fn chunk_rows(w: &QuantWeight) -> usize {
+    ((1usize << 20) / w.cols.max(1)).max(64).min(w.rows.max(1))
+}
+
+/// Rounds values to `dtype` (bf16/f16) and back, in place.
+pub(crate) fn round_to(dtype: DType, v: &mut [f32]) {
+    match dtype {
+        DType::BF16 => v.iter_mut().for_each(|x| *x = bf16::from_f32(*x).to_f32()),
+        DType::F16 => v.iter_mut().for_each(|x| *x = f16::from_f32(*x).to_f32()),
+        _ => {}
+    }
+}
+
+fn to_f32(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
+    let Some((a, b)) = l.contiguous_offsets() else { bail!("quantized matmul expects a contiguous input") };
+    Ok(match s {
+        CpuStorage::F32(v) => v[a..b].to_vec(),
+        CpuStorage::BF16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
+        CpuStorage::F16(v) => v[a..b].iter().map(|x| x.to_f32()).collect(),
+        other => bail!("quantized matmul: unsupported input dtype {:?}", other.dtype()),
+    })
+}
+
+fn from_f32(v: Vec<f32>, dtype: DType) -> CpuStorage {
+    match dtype {
+        DType::BF16 => CpuStorage::BF16(v.into_iter().map(bf16::from_f32).collect()),
+        DType::F16 => CpuStorage::F16(v.into_iter().map(f16::from_f32).collect()),
+        _ => CpuStorage::F32(v),
+    }
+}
+
+/// `dst[m, n] (+)= a · b` with explicit strides (row stride, column stride) for every operand.
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(a.len() > last(a_rs, a_cs, m, k), "gemm: lhs too small");
+    assert!(b.len() > last(b_rs, b_cs, k, n), "gemm: rhs too small");
+    assert!(dst.len() > last(dst_rs, 1, m, n), "gemm: destination too small");
+    let threads = candle_core::utils::get_num_threads();
+    let par = if threads > 1 && m * n * k > 1 << 20 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts keep every access inside the slices; `dst` is a unique borrow so it
+    // cannot alias the sources.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+impl QuantMatmul {
+    /// The CPU kernel on f32 data: `x` is `[m, in]` (forward) or `[m, out]` (backward).
+    fn run_cpu(&self, x: &mut [f32], m: usize) -> Result<Vec<f32>> {
+        let w = &*self.w;
+        let (n, k) = (w.rows, w.cols);
+        let compute = w.compute;
+        round_to(compute, x);
+        let rows = chunk_rows(w);
+        let mut buf = vec![0f32; rows * k];
+        let out_dim = if self.transpose { k } else { n };
+        let mut y = vec![0f32; m * out_dim];
+        let mut r0 = 0;
+        while r0 < n {
+            let r = rows.min(n - r0);
+            let wb = &mut buf[..r * k];
+            w.dequantize_rows_into(r0, wb).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            round_to(compute, wb);
+            if self.transpose {
+                // dx[m, k] += g[:, r0..r0+r] · W[r0..r0+r, :]
+                gemm_strided(m, k, r, &mut y, k, &x[r0..], (n, 1), wb, (k, 1), true);
+            } else {
+                // y[:, r0..r0+r] = x[m, k] · W[r0..r0+r, :]ᵀ
+                gemm_strided(m, r, k, &mut y[r0..], n, x, (k, 1), wb, (1, k), false);
+            }
+            r0 += r;
+        }
+        round_to(compute, &mut y);
+        Ok(y)
+    }
+
+    fn dims(&self, l: &Layout) -> Result<(usize, Shape)> {
+        let (n, k) = (self.w.rows, self.w.cols);
+        let (inner, outer) = if self.transpose { (n, k) } else { (k, n) };
+        let dims = l.dims();
+        if dims.last() != Some(&inner) {
+            bail!("quantized matmul: last dimension {:?}, expected {inner}", dims.last());
+        }
+        let m = l.shape().elem_count() / inner.max(1);
+        let mut out = dims.to_vec();
+        if let Some(last) = out.last_mut() {
+            *last = outer;
+        }
+        Ok((m, Shape::from(out)))
+    }
+
+    /// Any device without a kernel of its own: dequantize on the host into a transient dense
+    /// tensor, move it over and use the backend's matmul.
+    fn dense_fallback<S: BackendStorage + FromStorage>(
+        &self,
+        s: &S,
+        l: &Layout,
+        device: &candle_core::Device,
+    ) -> Result<(S, Shape)> {
+        let (m, shape) = self.dims(l)?;
+        let w = self.w.dequantize(s.dtype(), device).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let w = if self.transpose { w.t()?.contiguous()? } else { w };
+        let (ws, wl) = w.storage_and_layout();
+        let ws = S::from_storage(&ws)?;
+        let (n, k) = (wl.dims()[0], wl.dims()[1]);
+        let x2 = Layout::contiguous_with_offset((m, k), l.start_offset());
+        let out = s.matmul(ws, (1, m, n, k), &x2, &wl.transpose(0, 1)?)?;
+        Ok((out, shape))
+    }
+}
+
+/// Borrowing the backend storage out of a `Storage`.
+trait FromStorage: Sized {
+    fn from_storage(s: &candle_core::Storage) -> Result<&Self>;
+}
+
+impl FromStorage for MetalStorage {
+    fn from_storage(s: &candle_core::Storage) -> Result<&Self> {
+        match s {
+            candle_core::Storage::Metal(m) => Ok(m),
+            _ => bail!("quantized matmul: expected a Metal tensor"),
+        }
+    }
+}
+
+impl FromStorage for CudaStorage {
+    fn from_storage(s: &candle_core::Storage) -> Result<&Self> {
+        match s {
+            candle_core::Storage::Cuda(c) => Ok(c),
+            _ => bail!("quantized matmul: expected a CUDA tensor"),
+        }
+    }
+}
+
+impl CustomOp1 for QuantMatmul {
+    fn name(&self) -> &'static str {
+        if self.transpose { "quant-matmul-t" } else { "quant-matmul" }
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (m, shape) = self.dims(l)?;
+        let mut x = to_f32(s, l)?;
+        let y = self.run_cpu(&mut x, m)?;
+        Ok((from_f32(y, s.dtype()), shape))
+    }
+
+    fn cuda_fwd(&self, s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+        #[cfg(feature = "cuda")]
+        {
+            let (m, shape) = self.dims(l)?;
+            let out = super::cuda::quant_matmul_cuda(&self.w, self.transpose, s, l, m)?;
+            Ok((out, shape))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (s, l);
+            bail!("quantized matmul: built without the `cuda` feature")
+        }
+    }
+
+    fn metal_fwd(&self, s: &MetalStorage, l: &Layout) -> Result<(MetalStorage, Shape)> {
+        let device = candle_core::Device::Metal(s.device().clone());
+        self.dense_fallback(s, l, &device)
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if self.transpose {
+            bail!("quantized matmul: second derivatives are not supported");
+        }
+        let op = QuantMatmul { w: self.w.clone(), transpose: true };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{QuantKind, QuantSpec};
+    use candle_core::{Device, Var};
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = crate::rng::Rng::new(seed);
+        (0..n).map(|_| (r.uniform() * 2.0 - 1.0) as f32).collect()
+    }
+
+    #[test]
+    fn matches_dense_matmul_on_the_dequantized_weight_with_input_gradient_only() -> Result<()> {
+        let dev = Device::Cpu;
+        for (kind, dq, rows, cols) in
+            [(QuantKind::Nf4, true, 70, 96), (QuantKind::Fp4, false, 9, 61), (QuantKind::Int8, false, 33, 40)]
+        {
+            let spec = QuantSpec { kind, double_quant: dq, block_size: 64, compute: DType::F32 };
+            let w = Arc::new(
+                QuantWeight::quantize(&rand(rows * cols, 1), rows, cols, &spec)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+            );
+            let dense = w.dequantize(DType::F32, &dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let x = Var::from_tensor(&Tensor::from_vec(rand(2 * 3 * cols, 2), (2, 3, cols), &dev)?)?;
+            let y = quant_matmul(x.as_tensor(), &w)?;
+            let reference = x.as_tensor().broadcast_matmul(&dense.t()?)?;
+            let d = (&y - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-5, "{kind:?}: forward differs by {d}");
+            let r = Tensor::from_vec(rand(2 * 3 * rows, 3), (2, 3, rows), &dev)?;
+            let grads = (y * &r)?.sum_all()?.backward()?;
+            let dx = grads.get(x.as_tensor()).expect("dx");
+            let d = (dx - r.broadcast_matmul(&dense)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(d < 1e-5, "{kind:?}: dL/dx differs by {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bf16_compute_rounds_operands_and_result() -> Result<()> {
+        let dev = Device::Cpu;
+        let spec =
+            QuantSpec { kind: QuantKind::Nf4, double_quant: false, block_size: 64, compute: DType::BF16 };
+        let w = Arc::new(
+            QuantWeight::quantize(&rand(8 * 64, 4), 8, 64, &spec)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?,
+        );
+        let x = Tensor::from_vec(rand(64, 5), (1, 64), &dev)?;
+        let y = quant_matmul(&x, &w)?;
+        let wd = w.dequantize(DType::BF16, &dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let reference =
+            x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?.matmul(&wd.to_dtype(DType::F32)?.t()?)?;
+        let reference = reference.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+        let d = (&y - &reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-2, "bf16 emulation differs by {d}");
+        let exact = x.matmul(
+            &w.dequantize(DType::F32, &dev).map_err(|e| candle_core::Error::Msg(e.to_string()))?.t()?,
+        )?;
+        assert!((&y - &exact)?.abs()?.max_all()?.to_scalar::<f32>()? > 0.0, "bf16 rounding must show");
+        Ok(())
+    }
+}
