@@ -32,15 +32,17 @@ if ! command -v tauri-driver >/dev/null; then
   cargo install tauri-driver --version '^2' --locked
 fi
 
-step "cargo test (workspace; the desktop shell separately, with its own flags)"
-cargo test --workspace --exclude finetune-desktop --locked "$@"
+# One feature set for the whole workspace (the desktop shell needs `custom-protocol`): building
+# and testing with the same flags compiles every dependency once, and leaves the binaries the
+# E2E suites run (target/debug/finetune-studio and finetune-studio-desktop).
+features=(--workspace --features finetune-desktop/custom-protocol --locked)
+step "cargo build (workspace, all binaries)"
+cargo build "${features[@]}"
 
-step "desktop shell: build and test (custom-protocol)"
-cargo build -p finetune-desktop --features custom-protocol --locked
-cargo test -p finetune-desktop --features custom-protocol --locked
+step "cargo test (workspace, desktop shell included)"
+cargo test "${features[@]}" "$@"
 
 step "browser E2E (headless Chromium, real studio and workers)"
-cargo build -p finetune-cli --locked
 (cd tests/e2e && node --test --test-concurrency=1 browser/)
 
 step "desktop E2E (Xvfb + tauri-driver)"
