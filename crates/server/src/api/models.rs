@@ -31,6 +31,11 @@ pub struct ModelList {
 
 fn describe(view: &mut ModelView) {
     let dir = std::path::Path::new(&view.path);
+    if !dir.is_dir() {
+        // A missing path, or a GGUF file (see `config_check::GGUF_NOT_YET`).
+        view.problem = inspect_model(dir).err();
+        return;
+    }
     match HfConfig::from_dir(dir).and_then(|hf| {
         Ok(match finetune_engine::arch::detect(&hf)? {
             finetune_engine::arch::Family::Decoder(_) => {
