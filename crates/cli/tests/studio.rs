@@ -336,7 +336,9 @@ fn foreign_hosts_and_non_json_posts_are_refused() {
 fn restarting_the_studio_interrupts_running_jobs_and_honours_the_restart_policy() {
     let dir = tempfile::tempdir().unwrap();
     let mut studio = Studio::start_with(dir.path(), &["--max-concurrent", "2"]);
-    let plain = studio.create_job(&tiny_job(300, 5));
+    let mut plain_cfg = tiny_job(300, 5);
+    plain_cfg["job"] = json!({"max_restarts": 0});
+    let plain = studio.create_job(&plain_cfg);
     let mut cfg = tiny_job(300, 5);
     cfg["job"] = json!({"max_restarts": 1});
     let restarting = studio.create_job(&cfg);

@@ -153,6 +153,9 @@ pub struct NewJob {
     /// The training config as JSON; the worker reads it as `config.json`.
     pub config_json: String,
     pub max_restarts: u32,
+    /// A `FINETUNE_FAULT` spec for the first attempt (reliability tests; ignored unless the
+    /// supervisor allows faults).
+    pub fault: Option<String>,
 }
 
 /// One job as stored.
@@ -190,6 +193,9 @@ pub struct Job {
     /// The newest attempt's number and pid, when there is one.
     pub attempt: Option<u32>,
     pub pid: Option<u32>,
+    /// A restarted job waits until this time (ms since the epoch) before it starts again.
+    pub retry_at: Option<i64>,
+    pub fault: Option<String>,
 }
 
 impl Job {

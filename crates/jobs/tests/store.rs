@@ -16,6 +16,7 @@ fn new_job(name: &str) -> NewJob {
         device: "cpu".into(),
         config_json: "{}".into(),
         max_restarts: 0,
+        fault: None,
     }
 }
 

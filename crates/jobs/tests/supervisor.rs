@@ -19,6 +19,7 @@ fn new_job(device: &str, max_restarts: u32) -> NewJob {
         device: device.into(),
         config_json: "{}".into(),
         max_restarts,
+        fault: None,
     }
 }
 

@@ -31,6 +31,7 @@ fn new_job() -> NewJob {
         device: "cpu".into(),
         config_json: "{}".into(),
         max_restarts: 0,
+        fault: None,
     }
 }
 

@@ -16,15 +16,31 @@ use std::path::Path;
 use utoipa::ToSchema;
 
 /// The `job` object of a create body.
-#[derive(Debug, Default, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobOptions {
     pub name: Option<String>,
-    /// Times a crashed or interrupted worker is restarted from the newest checkpoint (default 0).
-    #[serde(default)]
+    /// Times a crashed, out-of-memory or interrupted worker is restarted from the newest
+    /// checkpoint (default 3).
+    #[serde(default = "default_restarts")]
     pub max_restarts: u32,
     pub model_id: Option<String>,
     pub dataset_id: Option<String>,
+    /// Reliability tests only: a `FINETUNE_FAULT` spec for the first attempt, ignored unless the
+    /// studio runs with `FINETUNE_ALLOW_FAULTS=1`.
+    #[serde(default)]
+    #[schema(ignore)]
+    pub fault: Option<String>,
+}
+
+fn default_restarts() -> u32 {
+    3
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self { name: None, max_restarts: default_restarts(), model_id: None, dataset_id: None, fault: None }
+    }
 }
 
 /// Splits the `job` object off a create body and applies its `model_id` / `dataset_id`.

@@ -119,6 +119,7 @@ async fn adapter_download_and_open_folder_refusals() {
                 device: "cpu".into(),
                 config_json: "{}".into(),
                 max_restarts: 0,
+                fault: None,
             },
             &dir.path().join("data/jobs"),
         )
@@ -158,6 +159,7 @@ async fn open_folder_is_refused_for_a_remote_studio() {
                 device: "cpu".into(),
                 config_json: "{}".into(),
                 max_restarts: 0,
+                fault: None,
             },
             &dir.path().join("data/jobs"),
         )

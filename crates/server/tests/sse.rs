@@ -77,6 +77,7 @@ async fn a_slow_client_never_blocks_the_writer_and_catches_up_from_sqlite() {
         device: "cpu".into(),
         config_json: "{}".into(),
         max_restarts: 0,
+        fault: None,
     };
     // Straight into the store and paused, so no worker is started for it.
     let job = state.store().create_job(&new, &dir.path().join("jobs")).unwrap();

@@ -10,7 +10,7 @@
 use anyhow::Context;
 use clap::Args as ClapArgs;
 use finetune_engine::config::TrainConfig;
-use finetune_engine::train::{Interrupter, StopRequest, TrainEvent, TrainStatus, train};
+use finetune_engine::train::{Interrupter, RunOptions, StopRequest, TrainEvent, TrainStatus, train_with};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,6 +26,10 @@ pub struct Args {
     /// Continue from the newest checkpoint in the output folder.
     #[arg(long)]
     resume: bool,
+    /// With --resume: continue even though the config changed (the studio adapts a job's
+    /// micro-batch after it ran out of memory).
+    #[arg(long, requires = "resume")]
+    force: bool,
     /// Pause (checkpoint and exit) when stdin reaches end of file.
     #[arg(long)]
     stop_on_stdin_eof: bool,
@@ -112,7 +116,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let mut outputs = Outputs { file, stdout_broken: false };
     let mut sink = |e: &TrainEvent| outputs.emit(e, &stop);
-    match train(&cfg, &a.output, a.resume, &mut sink, &stop) {
+    match train_with(&cfg, &a.output, RunOptions { resume: a.resume, force: a.force }, &mut sink, &stop) {
         Ok(outcome) => Ok(match outcome.status {
             TrainStatus::Completed | TrainStatus::Paused => ExitCode::SUCCESS,
             TrainStatus::Cancelled => ExitCode::from(130),

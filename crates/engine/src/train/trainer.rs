@@ -219,9 +219,9 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
         }
         match found {
             Some(ckpt) => {
-                let saved = ckpt.dir.join("train_config.toml");
-                if let (Ok(old), false) = (TrainConfig::from_toml_file(&saved), opts.force) {
-                    let changed = crate::config::result_affecting_changes(&old, cfg);
+                let saved = TrainConfig::from_toml_file(&ckpt.dir.join("train_config.toml")).ok();
+                if let (Some(old), false) = (&saved, opts.force) {
+                    let changed = crate::config::result_affecting_changes(old, cfg);
                     if !changed.is_empty() {
                         return Err(EngineError::config(
                             changed.join(", "),
@@ -234,6 +234,12 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
                 }
                 ckpt.restore(&params, &mut opt)?;
                 state = TrainerState { total_steps, ..ckpt.state.clone() };
+                // A different micro-batch (the studio halves it after running out of memory)
+                // continues at the same example: count the consumed micro-batches in the new size.
+                if let Some(old_bs) = saved.map(|o| o.train.batch_size as u64).filter(|&b| b != bs as u64) {
+                    state.micro_batches = state.micro_batches * old_bs / bs as u64;
+                    log(sink, format!("micro-batch changed from {old_bs} to {bs}; the data position is kept"));
+                }
                 log(sink, format!("resumed from {}", ckpt.dir.display()));
             }
             None => log(sink, "no checkpoint to resume from; starting from step 0"),
@@ -264,6 +270,7 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
     let mut last_checkpoint_step = None;
     let mut eval_loss = None;
     let mut guard = LossGuard::default();
+    let mut last_failed = None;
     // The process-lifetime peak: the kernel's high-water mark is reset before every step.
     let mut lifetime_peak = device::process_memory().1;
 
@@ -304,7 +311,7 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
         let grad_norm = norm.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
         if let Verdict::Rollback { reason } = guard.observe(loss, grad_norm) {
             drop(grads);
-            recover(&reason, output, &params, &mut opt, &mut state, &mut guard, cfg, sink)?;
+            recover(&reason, output, &params, &mut opt, &mut state, &mut guard, &mut last_failed, cfg, sink)?;
             continue;
         }
         let lr = state.lr_scale * lr_at(schedule, cfg.train.lr, state.step as usize, cfg.train.warmup_steps, total_steps as usize);
@@ -404,6 +411,7 @@ fn recover(
     opt: &mut AdamW,
     state: &mut TrainerState,
     guard: &mut LossGuard,
+    last_failed: &mut Option<u64>,
     cfg: &TrainConfig,
     sink: &mut dyn EventSink,
 ) -> Result<()> {
@@ -425,14 +433,16 @@ fn recover(
             *state = TrainerState { total_steps: state.total_steps, ..ckpt.state.clone() };
             format!("rolled back to the checkpoint of step {}", ckpt.state.step)
         }
+        // The update never reached the weights: retry the step at the lower rate; if the same
+        // step fails again, skip its batch so one bad batch cannot stop the run.
+        None if *last_failed != Some(at) => "retried the step (no checkpoint yet)".to_string(),
         None => {
-            // The update never reached the weights; skip this step's batch so a batch that
-            // breaks the forward pass cannot stop the run.
             state.step += 1;
             state.micro_batches += cfg.train.grad_accum as u64;
-            "skipped this step's batch (no checkpoint yet)".to_string()
+            "skipped this step's batch, which failed twice (no checkpoint yet)".to_string()
         }
     };
+    *last_failed = Some(at);
     state.rollbacks = rollbacks;
     state.lr_scale = lr_scale;
     guard.reset();

@@ -33,7 +33,7 @@ const JOB_COLUMNS: &str = "j.id, j.name, j.status, j.method, j.model_path, j.dat
      j.output_dir, j.created_at, j.updated_at, j.started_at, j.finished_at, j.current_step, j.total_steps, \
      j.current_epoch, j.total_epochs, j.current_loss, j.best_loss, j.eval_loss, j.tokens, j.tokens_per_s, \
      j.elapsed_s, j.eta_s, j.error_message, j.published_adapter, j.max_restarts, j.restarts, j.resume_next, \
-     a.number, a.pid";
+     a.number, a.pid, j.retry_at, j.fault";
 
 const JOB_FROM: &str =
     "FROM jobs j LEFT JOIN attempts a ON a.id = (SELECT MAX(id) FROM attempts WHERE job_id = j.id)";
@@ -72,6 +72,8 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         resume_next: r.get::<_, i64>(28)? != 0,
         attempt: r.get::<_, Option<i64>>(29)?.map(|n| n as u32),
         pid: r.get::<_, Option<i64>>(30)?.map(|n| n as u32),
+        retry_at: r.get(31)?,
+        fault: r.get(32)?,
     })
 }
 
@@ -130,7 +132,7 @@ impl Store {
         let now = now_ms();
         self.lock().prepare_cached(
             "INSERT INTO jobs (id, name, status, method, model_path, dataset_path, device, config_json, output_dir, \
-             created_at, updated_at, max_restarts) VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)",
+             created_at, updated_at, max_restarts, fault) VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)",
         )?
         .execute(params![
             id,
@@ -142,7 +144,8 @@ impl Store {
             new.config_json,
             output.to_string_lossy(),
             now,
-            new.max_restarts
+            new.max_restarts,
+            new.fault
         ])?;
         self.job(&id)?.ok_or(JobsError::JobNotFound(id))
     }
@@ -206,9 +209,24 @@ impl Store {
         Ok((jobs, total.max(0) as u64))
     }
 
-    /// Pending jobs, oldest first (the queue).
-    pub fn pending_jobs(&self) -> Result<Vec<Job>> {
-        self.jobs_with_status(JobStatus::Pending, "ASC")
+    /// Pending jobs due at `now_ms` (their restart back-off has passed), oldest first.
+    pub fn pending_jobs(&self, now_ms: i64) -> Result<Vec<Job>> {
+        let jobs = self.jobs_with_status(JobStatus::Pending, "ASC")?;
+        Ok(jobs.into_iter().filter(|j| j.retry_at.is_none_or(|t| t <= now_ms)).collect())
+    }
+
+    /// Sets (or clears) when a pending job may start again.
+    pub fn set_retry_at(&self, id: &str, at_ms: Option<i64>) -> Result<()> {
+        self.lock().prepare_cached("UPDATE jobs SET retry_at = ?2 WHERE id = ?1")?.execute(params![id, at_ms])?;
+        Ok(())
+    }
+
+    /// Replaces a job's training config (the supervisor adapts it after an out-of-memory error).
+    pub fn update_config(&self, id: &str, config_json: &str) -> Result<()> {
+        self.lock()
+            .prepare_cached("UPDATE jobs SET config_json = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![id, config_json, now_ms()])?;
+        Ok(())
     }
 
     pub fn jobs_with_status(&self, status: JobStatus, order: &str) -> Result<Vec<Job>> {

@@ -43,6 +43,19 @@ pub struct SupervisorConfig {
     pub env: Vec<(String, String)>,
     /// How often the queue is looked at when nothing wakes it.
     pub poll_interval: Duration,
+    /// Wait before the first restart after a crash; doubled for each further restart (capped
+    /// at [`MAX_BACKOFF`]).
+    pub restart_backoff: Duration,
+    /// Pass a job's `fault` to its first worker as `FINETUNE_FAULT` (reliability tests only).
+    pub allow_faults: bool,
+}
+
+/// The longest wait before a restart.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The wait before restart number `n` (1-based): `base · 2^(n-1)`, capped.
+pub fn backoff(base: Duration, n: u32) -> Duration {
+    base.saturating_mul(1u32 << n.saturating_sub(1).min(16)).min(MAX_BACKOFF)
 }
 
 impl SupervisorConfig {
@@ -55,6 +68,8 @@ impl SupervisorConfig {
             cancel_grace: Duration::from_secs(10),
             env: Vec::new(),
             poll_interval: Duration::from_secs(1),
+            restart_backoff: Duration::from_secs(2),
+            allow_faults: false,
         }
     }
 }
@@ -177,6 +192,21 @@ impl Supervisor {
             }),
             committed_at_ms: now_ms(),
         });
+    }
+
+    /// Records a decision the studio took for a job as an alert event: stored with the job's
+    /// history and sent to live listeners like the worker's own alerts.
+    pub(crate) fn alert(&self, job: &Job, kind: &str, message: &str, suggestion: &str) {
+        let event = crate::events::WorkerEvent::Alert {
+            step: job.current_step,
+            kind: kind.to_string(),
+            message: message.to_string(),
+            suggestion: suggestion.to_string(),
+        };
+        let op = crate::ingest::IngestOp::Worker { job_id: job.id.as_str().into(), event };
+        if self.inner.ingest.send(op).is_err() {
+            self.log(&job.id, "warn", message);
+        }
     }
 
     fn log(&self, id: &str, level: &str, message: &str) {
@@ -367,7 +397,7 @@ impl Supervisor {
     /// Starts workers for pending jobs while their device has a free slot.
     async fn schedule(&self) -> Result<()> {
         let max = self.inner.cfg.max_concurrent_per_device.max(1);
-        for job in self.inner.store.pending_jobs()? {
+        for job in self.inner.store.pending_jobs(now_ms())? {
             let key = device_key(&job.device);
             {
                 let mut slots = self.slots();
@@ -391,7 +421,15 @@ impl Supervisor {
 
 #[cfg(test)]
 mod tests {
-    use super::device_key;
+    use super::{Duration, MAX_BACKOFF, backoff, device_key};
+
+    #[test]
+    fn restarts_back_off_exponentially_up_to_a_cap() {
+        let base = Duration::from_secs(2);
+        assert_eq!(backoff(base, 1), Duration::from_secs(2));
+        assert_eq!(backoff(base, 3), Duration::from_secs(8));
+        assert_eq!(backoff(base, 40), MAX_BACKOFF);
+    }
 
     #[test]
     fn devices_share_a_queue_by_key() {

@@ -45,7 +45,9 @@ pub(super) async fn launch(sup: &Supervisor, job: &Job) -> Result<()> {
         .arg("--events-file")
         .arg(job_dir.join(super::EVENTS_FILE));
     if resume {
-        cmd.arg("--resume");
+        // The supervisor may have adapted the config (a smaller micro-batch after running out
+        // of memory); the user cannot change a job's config, so forcing is safe.
+        cmd.arg("--resume").arg("--force");
     }
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(false);
     // Its own process group: a Ctrl-C in the studio's terminal is for the studio, not the job.
@@ -53,6 +55,9 @@ pub(super) async fn launch(sup: &Supervisor, job: &Job) -> Result<()> {
     cmd.process_group(0);
     for (k, v) in &cfg.env {
         cmd.env(k, v);
+    }
+    if let (true, 1, Some(fault)) = (cfg.allow_faults, attempt, &job.fault) {
+        cmd.env("FINETUNE_FAULT", fault);
     }
     let mut child = cmd.spawn().map_err(|source| JobsError::Spawn { exe: cfg.worker_exe.clone(), source })?;
     let pid = child.id().unwrap_or(0);
@@ -188,7 +193,27 @@ async fn watch(sup: Supervisor, id: String, mut child: Child, mut kill_rx: onesh
     }
     let stop = sup.slots().get(&id).and_then(|s| s.stop);
     let job = sup.inner.store.job(&id).ok().flatten();
-    let (transition, outcome) = decide(&exit, &report, stop, &tail, job.as_ref());
+    let Decision { mut transition, outcome, adapt } = decide(&exit, &report, stop, &tail, job.as_ref());
+    if let (Some(Adaptation::HalveBatch), Some(job)) = (adapt, &job) {
+        match halve_batch(&job.config_json) {
+            Some((json, from, to)) => {
+                if let Err(e) = sup.inner.store.update_config(&id, &json) {
+                    eprintln!("studio: job {id}: {e}");
+                }
+                sup.alert(
+                    job,
+                    "out_of_memory",
+                    &format!("ran out of memory; restarting with micro-batch {} × {} accumulation (was {} × {})", to.0, to.1, from.0, from.1),
+                    "the effective batch is unchanged; a shorter data.max_len or QLoRA also saves memory",
+                );
+            }
+            None => {
+                transition = Transition::Failed {
+                    error: format!("{} (already at a micro-batch of 1: lower data.max_len, use QLoRA or a smaller model)", report.failed.clone().unwrap_or_default()),
+                };
+            }
+        }
+    }
     let code = exit.as_ref().ok().and_then(ExitStatus::code);
     if let Err(e) = sup.inner.store.end_attempt(&id, code, outcome) {
         eprintln!("studio: job {id}: {e}");
@@ -196,11 +221,27 @@ async fn watch(sup: Supervisor, id: String, mut child: Child, mut kill_rx: onesh
     sup.slots().remove(&id);
     match sup.transition(&id, &transition) {
         Ok(job) if job.status == JobStatus::Pending => {
-            sup.log(
-                &id,
-                "warn",
-                &format!("the worker crashed; restart {} of {}", job.restarts, job.max_restarts),
+            let wait = super::backoff(sup.inner.cfg.restart_backoff, job.restarts);
+            if let Err(e) = sup.inner.store.set_retry_at(&id, Some(crate::time::now_ms() + wait.as_millis() as i64)) {
+                eprintln!("studio: job {id}: {e}");
+            }
+            let why = if outcome == "out_of_memory" { "ran out of memory" } else { "the worker crashed" };
+            sup.alert(
+                &job,
+                "restarted",
+                &format!(
+                    "{why}; restart {} of {} from the newest checkpoint in {:.1} s",
+                    job.restarts,
+                    job.max_restarts,
+                    wait.as_secs_f64()
+                ),
+                "nothing to do: the job continues by itself",
             );
+            let waker = sup.inner.wake.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                waker.notify_one();
+            });
         }
         Ok(_) => {}
         // Deleted meanwhile, or already settled: nothing to record.
@@ -228,6 +269,43 @@ fn describe_exit(exit: &std::io::Result<ExitStatus>) -> String {
     }
 }
 
+/// A change to a job's config before it is restarted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adaptation {
+    /// Out of memory: half the micro-batch, twice the accumulation (same effective batch).
+    HalveBatch,
+}
+
+/// How an attempt ended and what happens next.
+#[derive(Debug, PartialEq)]
+struct Decision {
+    transition: Transition,
+    outcome: &'static str,
+    adapt: Option<Adaptation>,
+}
+
+impl From<(Transition, &'static str)> for Decision {
+    fn from((transition, outcome): (Transition, &'static str)) -> Self {
+        Self { transition, outcome, adapt: None }
+    }
+}
+
+/// `train.batch_size` halved and `train.grad_accum` doubled in a config JSON, with the old and
+/// new (batch, accumulation); `None` when the batch is already 1.
+fn halve_batch(config_json: &str) -> Option<(String, (u64, u64), (u64, u64))> {
+    let mut v: serde_json::Value = serde_json::from_str(config_json).ok()?;
+    let train = v.as_object_mut()?.entry("train").or_insert_with(|| serde_json::json!({})).as_object_mut()?;
+    let bs = train.get("batch_size").and_then(|b| b.as_u64()).unwrap_or(4);
+    let accum = train.get("grad_accum").and_then(|b| b.as_u64()).unwrap_or(1);
+    if bs <= 1 {
+        return None;
+    }
+    let (new_bs, new_accum) = (bs / 2, accum * 2);
+    train.insert("batch_size".into(), new_bs.into());
+    train.insert("grad_accum".into(), new_accum.into());
+    Some((v.to_string(), (bs, accum), (new_bs, new_accum)))
+}
+
 /// How an attempt ended, from what the worker reported, how it exited and what was asked of it.
 fn decide(
     exit: &std::io::Result<ExitStatus>,
@@ -235,12 +313,12 @@ fn decide(
     stop: Option<StopKind>,
     tail: &VecDeque<String>,
     job: Option<&Job>,
-) -> (Transition, &'static str) {
+) -> Decision {
     let success = exit.as_ref().map(|s| s.success()).unwrap_or(false);
     match (report.finished.as_deref(), stop) {
-        (Some("completed"), _) if success => return (Transition::Completed, "completed"),
-        (_, Some(StopKind::Cancel)) | (Some("cancelled"), _) => return (Transition::Cancelled, "cancelled"),
-        (Some("paused"), _) if success => return (Transition::Paused, "paused"),
+        (Some("completed"), _) if success => return (Transition::Completed, "completed").into(),
+        (_, Some(StopKind::Cancel)) | (Some("cancelled"), _) => return (Transition::Cancelled, "cancelled").into(),
+        (Some("paused"), _) if success => return (Transition::Paused, "paused").into(),
         _ => {}
     }
     let error = match &report.failed {
@@ -254,12 +332,18 @@ fn decide(
             msg
         }
     };
-    // An error the engine reported (bad config, bad data) would happen again; a crash may not.
+    // An error the engine reported (bad config, bad data) would happen again; a crash may not,
+    // and running out of memory will not with a smaller micro-batch.
     let crashed = report.failed.is_none();
-    if crashed && job.is_some_and(|j| j.restarts < j.max_restarts) {
-        return (Transition::Pending { resume: true, restart: true }, "crashed");
+    let oom = report.failed.as_deref().is_some_and(|e| e.starts_with("out of memory"));
+    if (crashed || oom) && job.is_some_and(|j| j.restarts < j.max_restarts) {
+        let restart = Transition::Pending { resume: true, restart: true };
+        return match oom {
+            true => Decision { transition: restart, outcome: "out_of_memory", adapt: Some(Adaptation::HalveBatch) },
+            false => (restart, "crashed").into(),
+        };
     }
-    (Transition::Failed { error }, "failed")
+    (Transition::Failed { error }, "failed").into()
 }
 
 #[cfg(all(test, unix))]
@@ -275,27 +359,45 @@ mod tests {
     fn the_end_of_an_attempt_decides_the_status() {
         let none = VecDeque::new();
         let fin = |s: &str| Report { finished: Some(s.into()), failed: None };
-        assert_eq!(decide(&exited(0), &fin("completed"), None, &none, None).0, Transition::Completed);
+        assert_eq!(decide(&exited(0), &fin("completed"), None, &none, None).transition, Transition::Completed);
         assert_eq!(
-            decide(&exited(0), &fin("paused"), Some(StopKind::Pause), &none, None).0,
+            decide(&exited(0), &fin("paused"), Some(StopKind::Pause), &none, None).transition,
             Transition::Paused
         );
-        assert_eq!(decide(&exited(130), &fin("cancelled"), None, &none, None).0, Transition::Cancelled);
+        assert_eq!(decide(&exited(130), &fin("cancelled"), None, &none, None).transition, Transition::Cancelled);
         // Killed after the grace period: still a cancel.
         assert_eq!(
-            decide(&Ok(ExitStatus::from_raw(9)), &Report::default(), Some(StopKind::Cancel), &none, None).0,
+            decide(&Ok(ExitStatus::from_raw(9)), &Report::default(), Some(StopKind::Cancel), &none, None).transition,
             Transition::Cancelled
         );
         let failed = Report { finished: None, failed: Some("config `train.lr`: bad".into()) };
         assert_eq!(
-            decide(&exited(1), &failed, None, &none, None).0,
+            decide(&exited(1), &failed, None, &none, None).transition,
             Transition::Failed { error: "config `train.lr`: bad".into() }
         );
         let tail: VecDeque<String> = ["thread panicked at x".to_string()].into();
-        let (t, _) = decide(&Ok(ExitStatus::from_raw(6)), &Report::default(), None, &tail, None);
+        let t = decide(&Ok(ExitStatus::from_raw(6)), &Report::default(), None, &tail, None).transition;
         assert_eq!(
             t,
             Transition::Failed { error: "the worker was killed by signal 6: thread panicked at x".into() }
         );
+    }
+
+    #[test]
+    fn out_of_memory_restarts_with_half_the_micro_batch() {
+        let oom = Report { finished: None, failed: Some("out of memory: CUDA_ERROR_OUT_OF_MEMORY".into()) };
+        let none = VecDeque::new();
+        let mut job = crate::store::testing::job_for_tests();
+        job.max_restarts = 2;
+        let d = decide(&exited(1), &oom, None, &none, Some(&job));
+        assert_eq!(d.transition, Transition::Pending { resume: true, restart: true });
+        assert_eq!(d.adapt, Some(Adaptation::HalveBatch));
+        job.restarts = 2;
+        assert!(matches!(decide(&exited(1), &oom, None, &none, Some(&job)).transition, Transition::Failed { .. }));
+        let (json, from, to) = halve_batch(r#"{"train":{"batch_size":8,"grad_accum":2,"lr":0.1}}"#).unwrap();
+        assert_eq!((from, to), ((8, 2), (4, 4)));
+        assert!(json.contains("\"lr\":0.1"));
+        assert_eq!(halve_batch(r#"{"train":{}}"#).unwrap().2, (2, 2));
+        assert!(halve_batch(r#"{"train":{"batch_size":1}}"#).is_none());
     }
 }

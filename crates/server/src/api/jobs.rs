@@ -76,6 +76,7 @@ async fn create_job(
         device: cfg.model.device.clone(),
         config_json: serde_json::to_string(&cfg).map_err(ApiError::internal)?,
         max_restarts: opts.max_restarts.min(100),
+        fault: opts.fault,
     };
     let job = st.sup.submit(&new)?;
     Ok((StatusCode::CREATED, Json(CreatedJob { job_id: job.id, status: job.status.to_string() })))
