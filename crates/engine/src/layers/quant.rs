@@ -3,9 +3,34 @@
 //! dequantizes inside the op, so no dense weight stays alive in the autograd graph.
 
 use super::{ForwardCtx, Linear};
-use crate::quant::{QuantWeight, quant_matmul};
+use crate::ops::FrozenKernel;
+use crate::quant::{QuantWeight, quant_matmul, quant_matmul_cpu};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::sync::Arc;
+
+/// The CPU kernel of a quantized base, so LoRA can fuse base and adapter in one op.
+struct QuantKernel {
+    weight: Arc<QuantWeight>,
+    bias: Option<Vec<f32>>,
+}
+
+impl FrozenKernel for QuantKernel {
+    fn dims(&self) -> (usize, usize) {
+        (self.weight.cols, self.weight.rows)
+    }
+
+    fn forward_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+        quant_matmul_cpu(&self.weight, x, m, false, out, false)?;
+        if let Some(b) = &self.bias {
+            out.chunks_mut(b.len()).for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));
+        }
+        Ok(())
+    }
+
+    fn backward_into(&self, dy: &[f32], m: usize, dx: &mut [f32], accumulate: bool) -> Result<()> {
+        quant_matmul_cpu(&self.weight, dy, m, true, dx, accumulate)
+    }
+}
 
 pub struct QuantLinear {
     pub weight: Arc<QuantWeight>,
@@ -44,6 +69,17 @@ impl Linear for QuantLinear {
 
     fn bias(&self) -> Option<Tensor> {
         self.bias.clone()
+    }
+
+    fn cpu_kernel(&self) -> Option<Arc<dyn FrozenKernel>> {
+        if !self.device.is_cpu() {
+            return None;
+        }
+        let bias = match &self.bias {
+            Some(b) => Some(b.to_dtype(DType::F32).ok()?.flatten_all().ok()?.to_vec1::<f32>().ok()?),
+            None => None,
+        };
+        Some(Arc::new(QuantKernel { weight: self.weight.clone(), bias }))
     }
 
     fn base_bytes(&self) -> usize {

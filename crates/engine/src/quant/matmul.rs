@@ -114,33 +114,63 @@ fn gemm_strided(
     }
 }
 
+/// `y[m, out] = x[m, in] · W̃ᵀ` (or, with `transpose`, `dx[m, in] = g[m, out] · W̃`) on the CPU
+/// in f32, W̃ dequantized a chunk of rows at a time; a bf16/f16 compute dtype rounds the operands
+/// and the result. `y` is overwritten, or added to with `accumulate`.
+pub(crate) fn quant_matmul_cpu(w: &QuantWeight, x: &[f32], m: usize, transpose: bool, y: &mut [f32], accumulate: bool) -> Result<()> {
+    let (n, k) = (w.rows, w.cols);
+    let compute = w.compute;
+    let rounded;
+    let x = if matches!(compute, DType::BF16 | DType::F16) {
+        let mut c = x.to_vec();
+        round_to(compute, &mut c);
+        rounded = c;
+        &rounded[..]
+    } else {
+        x
+    };
+    let out_dim = if transpose { k } else { n };
+    // With rounding or accumulation the product goes through a scratch buffer first.
+    let direct = !accumulate && !matches!(compute, DType::BF16 | DType::F16);
+    let mut scratch = if direct { Vec::new() } else { vec![0f32; m * out_dim] };
+    let dst: &mut [f32] = if direct { &mut y[..m * out_dim] } else { &mut scratch };
+    if transpose {
+        dst.fill(0.0);
+    }
+    let rows = chunk_rows(w);
+    let mut buf = vec![0f32; rows * k];
+    let mut r0 = 0;
+    while r0 < n {
+        let r = rows.min(n - r0);
+        let wb = &mut buf[..r * k];
+        w.dequantize_rows_into(r0, wb).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        round_to(compute, wb);
+        if transpose {
+            // dx[m, k] += g[:, r0..r0+r] · W[r0..r0+r, :]
+            gemm_strided(m, k, r, dst, k, &x[r0..], (n, 1), wb, (k, 1), true);
+        } else {
+            // y[:, r0..r0+r] = x[m, k] · W[r0..r0+r, :]ᵀ
+            gemm_strided(m, r, k, &mut dst[r0..], n, x, (k, 1), wb, (1, k), false);
+        }
+        r0 += r;
+    }
+    if !direct {
+        round_to(compute, &mut scratch);
+        if accumulate {
+            y.iter_mut().zip(&scratch).for_each(|(a, b)| *a += b);
+        } else {
+            y[..m * out_dim].copy_from_slice(&scratch);
+        }
+    }
+    Ok(())
+}
+
 impl QuantMatmul {
     /// The CPU kernel on f32 data: `x` is `[m, in]` (forward) or `[m, out]` (backward).
-    fn run_cpu(&self, x: &mut [f32], m: usize) -> Result<Vec<f32>> {
-        let w = &*self.w;
-        let (n, k) = (w.rows, w.cols);
-        let compute = w.compute;
-        round_to(compute, x);
-        let rows = chunk_rows(w);
-        let mut buf = vec![0f32; rows * k];
-        let out_dim = if self.transpose { k } else { n };
+    fn run_cpu(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let out_dim = if self.transpose { self.w.cols } else { self.w.rows };
         let mut y = vec![0f32; m * out_dim];
-        let mut r0 = 0;
-        while r0 < n {
-            let r = rows.min(n - r0);
-            let wb = &mut buf[..r * k];
-            w.dequantize_rows_into(r0, wb).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            round_to(compute, wb);
-            if self.transpose {
-                // dx[m, k] += g[:, r0..r0+r] · W[r0..r0+r, :]
-                gemm_strided(m, k, r, &mut y, k, &x[r0..], (n, 1), wb, (k, 1), true);
-            } else {
-                // y[:, r0..r0+r] = x[m, k] · W[r0..r0+r, :]ᵀ
-                gemm_strided(m, r, k, &mut y[r0..], n, x, (k, 1), wb, (1, k), false);
-            }
-            r0 += r;
-        }
-        round_to(compute, &mut y);
+        quant_matmul_cpu(&self.w, x, m, self.transpose, &mut y, false)?;
         Ok(y)
     }
 
@@ -209,8 +239,8 @@ impl CustomOp1 for QuantMatmul {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (m, shape) = self.dims(l)?;
-        let mut x = to_f32(s, l)?;
-        let y = self.run_cpu(&mut x, m)?;
+        let x = to_f32(s, l)?;
+        let y = self.run_cpu(&x, m)?;
         Ok((from_f32(y, s.dtype()), shape))
     }
 
