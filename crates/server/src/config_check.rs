@@ -122,21 +122,14 @@ pub fn check_paths(cfg: &TrainConfig, required: bool) -> (Vec<FieldError>, Vec<F
     (errors, warnings)
 }
 
-/// Why a `.gguf` file is refused as a model (GGUF: lift when the engine loads GGUF files, see
-/// `crate::demo::model`).
-pub const GGUF_NOT_YET: &str = "this build cannot train GGUF files yet (the engine's GGUF loader is on its way); \
-     choose a Hugging Face model folder, or set FINETUNE_STUDIO_DEMO_MODEL to one for the demo";
-
-/// A short reason a folder is not a trainable model, or its family.
-pub fn inspect_model(dir: &Path) -> Result<&'static str, String> {
-    if dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) && dir.is_file() {
-        return Err(GGUF_NOT_YET.into());
+/// A short reason a model path (a Hugging Face folder or a GGUF file) is not trainable, or its
+/// family.
+pub fn inspect_model(path: &Path) -> Result<&'static str, String> {
+    if !path.exists() {
+        return Err(format!("{}: no such folder or file", path.display()));
     }
-    if !dir.is_dir() {
-        return Err(format!("{}: no such folder", dir.display()));
-    }
-    let hf = finetune_engine::model::HfConfig::from_dir(dir).map_err(|e| e.to_string())?;
-    let family = finetune_engine::arch::detect(&hf).map_err(|e| e.to_string())?;
+    let source = finetune_engine::model::ModelSource::open(path).map_err(|e| e.to_string())?;
+    let family = source.family().map_err(|e| e.to_string())?;
     Ok(family.name())
 }
 

@@ -295,6 +295,8 @@ pub struct ModelView {
     /// The architecture family, when the folder's config.json is supported.
     pub family: Option<String>,
     pub parameters: Option<u64>,
+    /// The family's attention, position, norm and MLP mechanisms (GQA, RoPE, SwiGLU, ...).
+    pub mechanisms: Vec<String>,
     /// Why the folder cannot be trained, if it cannot.
     pub problem: Option<String>,
 }
@@ -308,6 +310,7 @@ impl ModelView {
             source: "registered".into(),
             family: m.family.clone(),
             parameters: None,
+            mechanisms: Vec::new(),
             problem: None,
         }
     }

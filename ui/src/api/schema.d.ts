@@ -789,6 +789,8 @@ export interface components {
         ModelView: {
             /** @description The architecture family, when the folder's config.json is supported. */
             family?: string | null;
+            /** @description The family's attention, position, norm and MLP mechanisms (GQA, RoPE, SwiGLU, ...). */
+            mechanisms: string[];
             /** @description Set for registered models; hub-cache models are referred to by path. */
             model_id?: string | null;
             name: string;

@@ -29,27 +29,27 @@ pub struct ModelList {
     pub models: Vec<ModelView>,
 }
 
+/// Family, size and mechanisms of a model folder or GGUF file, or why it cannot be trained.
 fn describe(view: &mut ModelView) {
-    let dir = std::path::Path::new(&view.path);
-    if !dir.is_dir() {
-        // A missing path, or a GGUF file (see `config_check::GGUF_NOT_YET`).
-        view.problem = inspect_model(dir).err();
-        return;
-    }
-    match HfConfig::from_dir(dir).and_then(|hf| {
-        Ok(match finetune_engine::arch::detect(&hf)? {
-            finetune_engine::arch::Family::Decoder(_) => {
-                let (spec, dims) = finetune_engine::arch::resolve(&hf)?;
-                (spec.family, dims.parameter_count() as u64)
+    use finetune_engine::arch::Family;
+    let path = std::path::Path::new(&view.path);
+    let found = finetune_engine::model::ModelSource::open(path).and_then(|src| {
+        Ok(match src.family()? {
+            Family::Decoder(_) => {
+                let (spec, dims) = src.resolve()?;
+                (spec.family, dims.parameter_count() as u64, spec.mechanisms)
             }
-            finetune_engine::arch::Family::Seq2Seq(s) => {
-                (s.family, finetune_engine::model::Seq2SeqDims::from_config(&hf, s)?.parameter_count() as u64)
+            Family::Seq2Seq(s) => {
+                let params = finetune_engine::model::Seq2SeqDims::from_config(&src.config, s)?.parameter_count();
+                (s.family, params as u64, s.mechanisms)
             }
         })
-    }) {
-        Ok((family, params)) => {
+    });
+    match found {
+        Ok((family, params, mechanisms)) => {
             view.family = Some(family.to_string());
             view.parameters = Some(params);
+            view.mechanisms = mechanisms.iter().map(|m| m.to_string()).collect();
         }
         Err(e) => view.problem = Some(e.to_string()),
     }
@@ -68,6 +68,7 @@ async fn list_models(State(st): State<AppState>) -> ApiResult<Json<ModelList>> {
                 source: "hf-cache".into(),
                 family: None,
                 parameters: None,
+                mechanisms: Vec::new(),
                 problem: None,
             });
         }

