@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "finetune-studio", version, about = "Fine-tune open LLMs on your own machine with LoRA, QLoRA or full fine-tuning")]
+#[command(
+    name = "finetune-studio",
+    version,
+    about = "Fine-tune open LLMs on your own machine with LoRA, QLoRA or full fine-tuning"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -15,7 +15,12 @@ fn fixtures() -> PathBuf {
 }
 
 fn ok(out: Output) -> String {
-    assert!(out.status.success(), "command failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -41,10 +46,20 @@ fn train_json_eval_generate_and_merge() {
         .arg(&data)
         .arg("--output")
         .arg(&out_dir)
-        .args(["--set", "train.max_steps=6", "--set", "train.lr=5e-3", "--set", "lora.targets=all-linear", "--set", "data.max_len=96"])
+        .args([
+            "--set",
+            "train.max_steps=6",
+            "--set",
+            "train.lr=5e-3",
+            "--set",
+            "lora.targets=all-linear",
+            "--set",
+            "data.max_len=96",
+        ])
         .output()
         .unwrap());
-    let events: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("every stdout line is JSON")).collect();
+    let events: Vec<serde_json::Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).expect("every stdout line is JSON")).collect();
     let steps: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "step").collect();
     assert_eq!(steps.len(), 6);
     assert!(steps.iter().all(|s| s["loss"].as_f64().is_some_and(f64::is_finite)));
@@ -55,15 +70,33 @@ fn train_json_eval_generate_and_merge() {
 
     let base = eval_json(&model, None, &data);
     let tuned = eval_json(&model, Some(&out_dir), &data);
-    assert!(tuned["loss"].as_f64().unwrap() < base["loss"].as_f64().unwrap(), "training lowered the loss: {base} -> {tuned}");
+    assert!(
+        tuned["loss"].as_f64().unwrap() < base["loss"].as_f64().unwrap(),
+        "training lowered the loss: {base} -> {tuned}"
+    );
     assert!(tuned["tokens"].as_u64().unwrap() > 0);
 
     let merged = tmp.path().join("merged");
-    ok(bin().args(["merge", "--model"]).arg(&model).arg("--adapter").arg(&out_dir).arg("--output").arg(&merged).output().unwrap());
+    ok(bin()
+        .args(["merge", "--model"])
+        .arg(&model)
+        .arg("--adapter")
+        .arg(&out_dir)
+        .arg("--output")
+        .arg(&merged)
+        .output()
+        .unwrap());
     let m = eval_json(&merged, None, &data);
-    assert!((m["loss"].as_f64().unwrap() - tuned["loss"].as_f64().unwrap()).abs() < 1e-4, "merged {m} vs adapter {tuned}");
+    assert!(
+        (m["loss"].as_f64().unwrap() - tuned["loss"].as_f64().unwrap()).abs() < 1e-4,
+        "merged {m} vs adapter {tuned}"
+    );
 
-    let text = ok(bin().args(["generate", "--max-new-tokens", "5", "--prompt", "Hello", "--model"]).arg(&model).output().unwrap());
+    let text = ok(bin()
+        .args(["generate", "--max-new-tokens", "5", "--prompt", "Hello", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap());
     assert!(!text.trim().is_empty());
 }
 
@@ -104,7 +137,16 @@ fn errors_name_the_key_the_file_and_the_line() {
     let tmp = tempfile::tempdir().unwrap();
     let model = fixtures().join("models/llama");
     let run = |args: &[&str], data: &Path| {
-        let out = bin().args(["train", "--model"]).arg(&model).arg("--data").arg(data).arg("--output").arg(tmp.path().join("o")).args(args).output().unwrap();
+        let out = bin()
+            .args(["train", "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(data)
+            .arg("--output")
+            .arg(tmp.path().join("o"))
+            .args(args)
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };

@@ -64,7 +64,8 @@ fn sigkill_twenty_times_then_resume_gives_the_same_adapter_bit_for_bit() {
     let started = Instant::now();
     loop {
         let resume: &[&str] = if kills == 0 { &[] } else { &["--resume"] };
-        let mut child = train_cmd(&killed, 40, 1, resume).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut child =
+            train_cmd(&killed, 40, 1, resume).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         if kills < 20 {
             rng ^= rng << 13;
             rng ^= rng >> 7;
@@ -85,7 +86,10 @@ fn sigkill_twenty_times_then_resume_gives_the_same_adapter_bit_for_bit() {
         assert!(started.elapsed() < Duration::from_secs(300), "runs never finished");
     }
     assert!(kills >= 5, "only {kills} kills landed: the run is too short to test anything");
-    assert!(adapter(&straight) == adapter(&killed), "after {kills} kills the adapter differs from the uninterrupted run");
+    assert!(
+        adapter(&straight) == adapter(&killed),
+        "after {kills} kills the adapter differs from the uninterrupted run"
+    );
 }
 
 #[test]
@@ -97,7 +101,10 @@ fn nan_loss_rolls_back_to_the_last_checkpoint_and_halves_the_learning_rate() {
     let alerts = kinds(&ev, "alert");
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     let msg = alerts[0]["message"].as_str().unwrap();
-    assert!(msg.contains("step 6") && msg.contains("NaN") && msg.contains("step 4") && msg.contains("0.5"), "{msg}");
+    assert!(
+        msg.contains("step 6") && msg.contains("NaN") && msg.contains("step 4") && msg.contains("0.5"),
+        "{msg}"
+    );
     assert_eq!(alerts[0]["kind"], "recovered");
     let steps = kinds(&ev, "step");
     let lr_of = |n: u64| steps.iter().rev().find(|s| s["step"] == n).unwrap()["lr"].as_f64().unwrap();
@@ -147,7 +154,10 @@ fn a_corrupt_newest_checkpoint_is_skipped_with_a_warning_and_the_result_is_uncha
     let ev = run_ok(train_cmd(&out, 8, 2, &["--resume"]));
     let alerts = kinds(&ev, "alert");
     assert_eq!(alerts[0]["kind"], "corrupt_checkpoint");
-    assert!(alerts[0]["message"].as_str().unwrap().contains("step-4") && alerts[0]["message"].as_str().unwrap().contains("checksum"));
+    assert!(
+        alerts[0]["message"].as_str().unwrap().contains("step-4")
+            && alerts[0]["message"].as_str().unwrap().contains("checksum")
+    );
     assert_eq!(kinds(&ev, "started")[0]["start_step"], 2);
     assert!(victim.exists(), "a corrupt checkpoint is kept for inspection, not deleted");
     assert!(adapter(&straight) == adapter(&out));
@@ -160,7 +170,8 @@ fn resuming_with_a_changed_config_is_refused_naming_the_keys_unless_forced() {
     let mut c = train_cmd(&out, 6, 2, &[]);
     c.env("FINETUNE_FAULT", "exit@4");
     assert!(!c.output().unwrap().status.success());
-    let refused = train_cmd(&out, 6, 2, &["--resume", "--set", "train.lr=1e-2", "--set", "lora.r=4"]).output().unwrap();
+    let refused =
+        train_cmd(&out, 6, 2, &["--resume", "--set", "train.lr=1e-2", "--set", "lora.r=4"]).output().unwrap();
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("lora.r") && err.contains("train.lr"), "{err}");

@@ -24,7 +24,10 @@ fn env_studio(dir: &std::path::Path) -> Studio {
 
 fn metric_steps(studio: &Studio, id: &str) -> Vec<u64> {
     let (_, points) = studio.get(&studio.api(&format!("/jobs/{id}/metrics?limit=1000")));
-    points["points"].as_array().map(|a| a.iter().filter_map(|p| p["step"].as_u64()).collect()).unwrap_or_default()
+    points["points"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["step"].as_u64()).collect())
+        .unwrap_or_default()
 }
 
 #[test]
@@ -57,16 +60,25 @@ fn fifty_jobs_with_random_faults_finish_by_themselves_with_complete_histories() 
                 continue;
             }
             let job = studio.job(id);
-            if matches!(job["status"].as_str(), Some("completed" | "failed" | "cancelled" | "interrupted" | "paused")) {
+            if matches!(
+                job["status"].as_str(),
+                Some("completed" | "failed" | "cancelled" | "interrupted" | "paused")
+            ) {
                 finished.insert(id.clone(), job);
             }
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let completed: Vec<&String> = finished.iter().filter(|(_, j)| j["status"] == "completed").map(|(id, _)| id).collect();
+    let completed: Vec<&String> =
+        finished.iter().filter(|(_, j)| j["status"] == "completed").map(|(id, _)| id).collect();
     let rate = completed.len() as f64 / JOBS as f64;
     let faults: Vec<String> = planned.iter().filter_map(|(_, f)| f.clone()).collect();
-    println!("soak: {} of {JOBS} jobs completed without user action ({:.0} %); faults injected: {}", completed.len(), 100.0 * rate, faults.len());
+    println!(
+        "soak: {} of {JOBS} jobs completed without user action ({:.0} %); faults injected: {}",
+        completed.len(),
+        100.0 * rate,
+        faults.len()
+    );
     for (id, job) in finished.iter().filter(|(_, j)| j["status"] != "completed") {
         println!("soak: {id} ended {}: {}", job["status"], job["error_message"]);
     }
@@ -86,7 +98,10 @@ fn out_of_memory_restarts_with_half_the_micro_batch_and_the_same_effective_batch
     let id = studio.create_job(&cfg);
     let job = studio.wait_status(&id, "completed", Duration::from_secs(120));
     assert_eq!(job["restarts"], 1);
-    assert_eq!((job["config"]["train"]["batch_size"].as_u64(), job["config"]["train"]["grad_accum"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (job["config"]["train"]["batch_size"].as_u64(), job["config"]["train"]["grad_accum"].as_u64()),
+        (Some(2), Some(2))
+    );
     assert_eq!(metric_steps(&studio, &id), (1..=STEPS).collect::<Vec<_>>());
     let (_, logs) = studio.get(&studio.api(&format!("/jobs/{id}/logs?limit=1000")));
     let text = logs.to_string();

@@ -95,6 +95,21 @@ pub fn reset_peak_memory() -> bool {
     std::fs::write("/proc/self/clear_refs", b"5").is_ok()
 }
 
+/// Memory in use on a GPU and its size, in bytes, as the CUDA driver reports them for the run's
+/// device (`cuMemGetInfo`: every process's allocations, candle's memory pool included). `None` on
+/// the CPU, on Metal and without the `cuda` feature. A driver call, made once per step after the
+/// step's host synchronisation.
+pub fn device_memory(device: &Device) -> Option<(u64, u64)> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(d) => {
+            let (free, total) = d.cuda_stream().context().mem_get_info().ok()?;
+            Some((total.saturating_sub(free) as u64, total as u64))
+        }
+        _ => None,
+    }
+}
+
 /// A short description of a device for events and logs.
 pub fn describe(device: &Device) -> String {
     match device {

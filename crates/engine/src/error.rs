@@ -13,21 +13,13 @@ pub enum EngineError {
     Io { path: PathBuf, error: std::io::Error },
 
     #[error("{path}: tensor `{tensor}`: {message}")]
-    Tensor {
-        path: PathBuf,
-        tensor: String,
-        message: String,
-    },
+    Tensor { path: PathBuf, tensor: String, message: String },
 
     #[error("config `{key}`: {message}")]
     Config { key: String, message: String },
 
     #[error("{path}:{line}: {message}")]
-    Record {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    Record { path: PathBuf, line: usize, message: String },
 
     #[error("unsupported architecture `{name}`; supported families: {supported}")]
     UnsupportedArchitecture { name: String, supported: String },
@@ -48,41 +40,23 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn file(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
-        Self::File {
-            path: path.into(),
-            message: message.into(),
-        }
+        Self::File { path: path.into(), message: message.into() }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io { path: path.into(), error: source }
     }
 
-    pub fn tensor(
-        path: impl Into<PathBuf>,
-        tensor: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Self::Tensor {
-            path: path.into(),
-            tensor: tensor.into(),
-            message: message.into(),
-        }
+    pub fn tensor(path: impl Into<PathBuf>, tensor: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Tensor { path: path.into(), tensor: tensor.into(), message: message.into() }
     }
 
     pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Config {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self::Config { key: key.into(), message: message.into() }
     }
 
     pub fn record(path: impl Into<PathBuf>, line: usize, message: impl Into<String>) -> Self {
-        Self::Record {
-            path: path.into(),
-            line,
-            message: message.into(),
-        }
+        Self::Record { path: path.into(), line, message: message.into() }
     }
 }
 

@@ -15,7 +15,12 @@ pub struct EvalResult {
 }
 
 /// Mean loss over every predicted token of `examples`, in batches of `batch_size`.
-pub fn evaluate(model: &CausalLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<EvalResult> {
+pub fn evaluate(
+    model: &CausalLm,
+    examples: &[Example],
+    batch_size: usize,
+    pad_id: u32,
+) -> Result<EvalResult> {
     let ctx = ForwardCtx::eval();
     let mut total = 0f64;
     let mut tokens = 0u64;
@@ -40,7 +45,12 @@ pub fn evaluate(model: &CausalLm, examples: &[Example], batch_size: usize, pad_i
 
 /// Mean loss over every labelled target token of seq2seq `examples` (source in `input_ids`,
 /// target in `labels`).
-pub fn evaluate_seq2seq(model: &Seq2SeqLm, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<EvalResult> {
+pub fn evaluate_seq2seq(
+    model: &Seq2SeqLm,
+    examples: &[Example],
+    batch_size: usize,
+    pad_id: u32,
+) -> Result<EvalResult> {
     let ctx = ForwardCtx::eval();
     let mut total = 0f64;
     let mut tokens = 0u64;
@@ -59,7 +69,12 @@ pub fn evaluate_seq2seq(model: &Seq2SeqLm, examples: &[Example], batch_size: usi
 }
 
 /// [`evaluate`] or [`evaluate_seq2seq`], whichever the model is.
-pub fn evaluate_any(model: &AnyModel, examples: &[Example], batch_size: usize, pad_id: u32) -> Result<EvalResult> {
+pub fn evaluate_any(
+    model: &AnyModel,
+    examples: &[Example],
+    batch_size: usize,
+    pad_id: u32,
+) -> Result<EvalResult> {
     match model {
         AnyModel::Causal(m) => evaluate(m, examples, batch_size, pad_id),
         AnyModel::Seq2Seq(m) => evaluate_seq2seq(m, examples, batch_size, pad_id),

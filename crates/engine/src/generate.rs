@@ -46,7 +46,11 @@ pub fn generate(model: &CausalLm, prompt: &[u32], opts: &GenerateOptions) -> Res
 
 fn pick(logits: &[f32], opts: &GenerateOptions, rng: &mut Rng) -> u32 {
     let argmax = || {
-        logits.iter().enumerate().fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32
+        logits
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+            .0 as u32
     };
     if opts.temperature <= 0.0 {
         return argmax();

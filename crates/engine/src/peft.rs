@@ -70,7 +70,10 @@ impl PeftAdapter {
         let config: AdapterConfig = serde_json::from_str(&text)
             .map_err(|e| EngineError::file(&cfg_path, format!("not a PEFT LoRA adapter config: {e}")))?;
         if config.peft_type != "LORA" {
-            return Err(EngineError::file(&cfg_path, format!("peft_type `{}` is not supported (LORA only)", config.peft_type)));
+            return Err(EngineError::file(
+                &cfg_path,
+                format!("peft_type `{}` is not supported (LORA only)", config.peft_type),
+            ));
         }
         if config.use_dora {
             return Err(EngineError::file(&cfg_path, "DoRA adapters are not supported yet"));
@@ -83,7 +86,10 @@ impl PeftAdapter {
         }
         let weights_path = dir.join(WEIGHTS_FILE);
         if !weights_path.exists() {
-            return Err(EngineError::file(&weights_path, "missing (only safetensors adapters are supported)"));
+            return Err(EngineError::file(
+                &weights_path,
+                "missing (only safetensors adapters are supported)",
+            ));
         }
         let weights = SafetensorsWeights::from_files(dir, vec![weights_path.clone()])?;
         let mut modules = BTreeSet::new();
@@ -123,7 +129,12 @@ fn short_names(adapted: &[String], all: &[String]) -> Option<Vec<String>> {
 }
 
 /// Writes the model's adapters as a PEFT folder.
-pub fn write_adapter(dir: &Path, model: &dyn LanguageModel, lora: &LoraSection, base_model: &str) -> Result<()> {
+pub fn write_adapter(
+    dir: &Path,
+    model: &dyn LanguageModel,
+    lora: &LoraSection,
+    base_model: &str,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let mut adapted = Vec::new();

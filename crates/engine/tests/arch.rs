@@ -15,7 +15,9 @@ fn config_of(dir: &str) -> Value {
 }
 
 fn family_of(raw: Value) -> Result<String, String> {
-    detect(&HfConfig::from_value("config.json".into(), raw)).map(|f| f.name().to_string()).map_err(|e| e.to_string())
+    detect(&HfConfig::from_value("config.json".into(), raw))
+        .map(|f| f.name().to_string())
+        .map_err(|e| e.to_string())
 }
 
 const FIXTURES: &[(&str, &str)] = &[
@@ -87,7 +89,11 @@ fn unproven_config_variants_are_refused_naming_the_key() {
         ("falcon", json!({"alibi": true}), "`alibi`"),
         ("opt", json!({"do_layer_norm_before": false}), "`do_layer_norm_before`"),
         ("opt", json!({"word_embed_proj_dim": 32}), "`word_embed_proj_dim`"),
-        ("bloom", json!({"apply_residual_connection_post_layernorm": true}), "`apply_residual_connection_post_layernorm`"),
+        (
+            "bloom",
+            json!({"apply_residual_connection_post_layernorm": true}),
+            "`apply_residual_connection_post_layernorm`",
+        ),
         ("stablelm", json!({"qk_layernorm": true}), "`qk_layernorm`"),
         ("gpt2", json!({"scale_attn_by_inverse_layer_idx": true}), "`scale_attn_by_inverse_layer_idx`"),
         ("chatglm", json!({"position_encoding_2d": true}), "`position_encoding_2d`"),
@@ -119,7 +125,10 @@ fn structure_follows_the_config() {
     assert_eq!(spec.residual, arch::Residual::Sequential);
     // Baichuan2-7B (hidden 4096) uses RoPE under the 13B class name.
     let mut raw = config_of("baichuan-13b");
-    assert!(matches!(arch::resolve(&HfConfig::from_value("c".into(), raw.clone())).unwrap().0.position, arch::PositionKind::Alibi(_)));
+    assert!(matches!(
+        arch::resolve(&HfConfig::from_value("c".into(), raw.clone())).unwrap().0.position,
+        arch::PositionKind::Alibi(_)
+    ));
     raw["hidden_size"] = json!(4096);
     raw["num_attention_heads"] = json!(32);
     assert!(arch::resolve(&HfConfig::from_value("c".into(), raw)).unwrap().0.is_rope());

@@ -11,9 +11,32 @@ use finetune_engine::train::{Interrupter, TrainEvent, VecSink, train};
 use std::path::Path;
 
 const FAMILIES: &[&str] = &[
-    "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "gpt2", "gpt_neox", "falcon", "bloom",
-    "mpt", "starcoder2", "olmo", "olmo2", "glm", "glm4", "internlm3", "stablelm", "granite", "opt", "gpt_bigcode",
-    "mixtral", "qwen3_moe", "deepseek_v3",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi",
+    "phi3",
+    "gpt2",
+    "gpt_neox",
+    "falcon",
+    "bloom",
+    "mpt",
+    "starcoder2",
+    "olmo",
+    "olmo2",
+    "glm",
+    "glm4",
+    "internlm3",
+    "stablelm",
+    "granite",
+    "opt",
+    "gpt_bigcode",
+    "mixtral",
+    "qwen3_moe",
+    "deepseek_v3",
 ];
 
 fn trajectory(family: &str, dir: &Path) -> Result<(), String> {
@@ -21,7 +44,10 @@ fn trajectory(family: &str, dir: &Path) -> Result<(), String> {
     let (b, t) = r["input_ids"].dims2().unwrap();
     let (ids, labels) = (ids(&r["input_ids"]), labels(&r["labels"]));
     let rows: Vec<String> = (0..b)
-        .map(|i| serde_json::json!({"input_ids": &ids[i * t..(i + 1) * t], "labels": &labels[i * t..(i + 1) * t]}).to_string())
+        .map(|i| {
+            serde_json::json!({"input_ids": &ids[i * t..(i + 1) * t], "labels": &labels[i * t..(i + 1) * t]})
+                .to_string()
+        })
         .collect();
     let data = dir.join(format!("{family}.jsonl"));
     std::fs::write(&data, rows.join("\n")).unwrap();
@@ -44,15 +70,19 @@ fn trajectory(family: &str, dir: &Path) -> Result<(), String> {
     let out = dir.join(family);
     let mut sink = VecSink::default();
     train(&cfg, &out, false, &mut sink, &Interrupter::new()).map_err(|e| format!("{family}: {e}"))?;
-    let ours: Vec<f64> =
-        sink.0.iter().filter_map(|e| if let TrainEvent::Step { loss, .. } = e { Some(*loss) } else { None }).collect();
+    let ours: Vec<f64> = sink
+        .0
+        .iter()
+        .filter_map(|e| if let TrainEvent::Step { loss, .. } = e { Some(*loss) } else { None })
+        .collect();
     let theirs = r["train_losses"].to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
         if (a - b).abs() > 1e-4 * b.abs().max(1.0) {
             return Err(format!("{family}: step {i} loss {a} vs PEFT {b}"));
         }
     }
-    let written = candle_core::safetensors::load(out.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let written =
+        candle_core::safetensors::load(out.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
     for (name, t) in &written {
         let d = rel_diff(t, &r[&format!("trained.{name}")]);
         if d > 1e-4 {

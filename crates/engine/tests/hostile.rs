@@ -59,7 +59,9 @@ fn shape_mismatch_names_the_tensor_and_both_shapes() {
     let tmp = tempfile::tempdir().unwrap();
     copy_model("llama", tmp.path());
     let cfg = tmp.path().join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"intermediate_size\": 128", "\"intermediate_size\": 96");
     std::fs::write(&cfg, text).unwrap();
     let e = load_err(tmp.path());
     assert!(e.contains("mlp.gate_proj.weight") && e.contains("[128, 64]") && e.contains("[96, 64]"), "{e}");
@@ -73,10 +75,16 @@ fn missing_files_and_unknown_architectures() {
     assert!(load_err(tmp.path()).contains("no model.safetensors"));
     copy_model("llama", tmp.path());
     let cfg = tmp.path().join("config.json");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("LlamaForCausalLM", "FancyNetForCausalLM").replace("\"llama\"", "\"fancynet\"");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("LlamaForCausalLM", "FancyNetForCausalLM")
+        .replace("\"llama\"", "\"fancynet\"");
     std::fs::write(&cfg, text).unwrap();
     let e = load_err(tmp.path());
-    assert!(e.contains("FancyNetForCausalLM") && e.contains("supported families") && e.contains("llama"), "{e}");
+    assert!(
+        e.contains("FancyNetForCausalLM") && e.contains("supported families") && e.contains("llama"),
+        "{e}"
+    );
     std::fs::write(&cfg, "{ not json").unwrap();
     assert!(load_err(tmp.path()).contains("config.json"));
     let empty = tempfile::tempdir().unwrap();
@@ -87,7 +95,12 @@ fn missing_files_and_unknown_architectures() {
 fn an_adapter_for_another_model_is_refused_naming_the_tensor() {
     // qwen3's adapter has llama-like module names but its own shapes (head_dim 32).
     let adapter = PeftAdapter::read(&adapter_dir("qwen3")).unwrap();
-    let err = match load_causal_lm(&model_dir("llama"), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu) {
+    let err = match load_causal_lm(
+        &model_dir("llama"),
+        adapter.plan(MethodKind::Lora, 0),
+        DType::F32,
+        &Device::Cpu,
+    ) {
         Ok(_) => panic!("a foreign adapter loaded"),
         Err(e) => e.to_string(),
     };
@@ -118,7 +131,9 @@ fn missing_tokenizer_is_named() {
             "train.max_steps=1".into(),
         ])
         .unwrap();
-    let e = train(&cfg, &tmp.path().join("out"), false, &mut VecSink::default(), &Interrupter::new()).unwrap_err().to_string();
+    let e = train(&cfg, &tmp.path().join("out"), false, &mut VecSink::default(), &Interrupter::new())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("tokenizer.json"), "{e}");
 }
 

@@ -27,7 +27,9 @@ fn check_base(family: &str) {
 fn check_lora(family: &str) {
     let r = reference(family);
     let adapter = PeftAdapter::read(&adapter_dir(family)).unwrap();
-    let model = load_causal_lm(&model_dir(family), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu).unwrap();
+    let model =
+        load_causal_lm(&model_dir(family), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu)
+            .unwrap();
     assert_eq!(model.adapted.len(), adapter.modules.len(), "{family}: every adapter module is wrapped");
     let input = &r["input_ids"];
     let (b, t) = input.dims2().unwrap();
@@ -43,7 +45,8 @@ fn check_lora(family: &str) {
     for (name, var) in &trainable {
         let key = format!("grad.base_model.model.{name}");
         let expected: &Tensor = r.get(&key).unwrap_or_else(|| panic!("{family}: no reference {key}"));
-        let got = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: no gradient reached {name}"));
+        let got =
+            grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: no gradient reached {name}"));
         let d = rel_diff(got, expected);
         assert!(d < TOL, "{family}: gradient of {name} differs by {d} (relative)");
     }
@@ -326,7 +329,8 @@ fn seq2seq_batch(r: &std::collections::HashMap<String, Tensor>) -> Seq2SeqBatch 
     let labels = labels(&r["labels"]);
     let (b, s) = r["input_ids"].dims2().unwrap();
     let (_, t) = r["labels"].dims2().unwrap();
-    let pairs: Vec<(&[u32], &[i64])> = (0..b).map(|i| (&src[i * s..(i + 1) * s], &labels[i * t..(i + 1) * t])).collect();
+    let pairs: Vec<(&[u32], &[i64])> =
+        (0..b).map(|i| (&src[i * s..(i + 1) * s], &labels[i * t..(i + 1) * t])).collect();
     Seq2SeqBatch::collate(&pairs, 0)
 }
 
@@ -342,8 +346,12 @@ fn check_seq2seq(family: &str, lora: bool) {
     let batch = seq2seq_batch(&r);
     let dec = ids(&r["decoder_input_ids"]);
     let d = &model.dims;
-    assert_eq!(shift_right(&batch.labels, batch.batch, batch.tgt_len, d.decoder_start_token_id, d.pad_token_id), dec);
-    let logits = model.forward_logits(&batch.input_ids, batch.batch, batch.src_len, &dec, batch.tgt_len).unwrap();
+    assert_eq!(
+        shift_right(&batch.labels, batch.batch, batch.tgt_len, d.decoder_start_token_id, d.pad_token_id),
+        dec
+    );
+    let logits =
+        model.forward_logits(&batch.input_ids, batch.batch, batch.src_len, &dec, batch.tgt_len).unwrap();
     let (lk, sk) = if lora { ("lora_logits", "lora_loss") } else { ("logits", "loss") };
     let diff = rel_diff(&logits, &r[lk]);
     assert!(diff < TOL, "{family}: {lk} differ from Hugging Face by {diff}");
@@ -358,7 +366,8 @@ fn check_seq2seq(family: &str, lora: bool) {
     for (name, var) in &trainable {
         let key = format!("grad.base_model.model.{name}");
         let expected: &Tensor = r.get(&key).unwrap_or_else(|| panic!("{family}: no reference {key}"));
-        let got = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: no gradient reached {name}"));
+        let got =
+            grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{family}: no gradient reached {name}"));
         let d = rel_diff(got, expected);
         assert!(d < TOL, "{family}: gradient of {name} differs by {d} (relative)");
     }
@@ -436,16 +445,23 @@ fn adapter_written_by_us_loads_in_peft() {
     for family in ["llama", "qwen2"] {
         let dir = fixtures().join("roundtrip");
         let report: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{family}-peft.json"))).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{family}-peft.json"))).unwrap())
+                .unwrap();
         assert_eq!(report["missing_adapter_keys"].as_array().map(Vec::len), Some(0), "{family}: {report}");
         assert_eq!(report["unexpected_adapter_keys"].as_array().map(Vec::len), Some(0), "{family}: {report}");
         let adapter = PeftAdapter::read(&dir.join(format!("{family}-adapter"))).unwrap();
         assert_eq!(report["adapter_tensors"].as_u64(), Some(2 * adapter.modules.len() as u64));
-        let model = load_causal_lm(&model_dir(family), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu).unwrap();
+        let model =
+            load_causal_lm(&model_dir(family), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu)
+                .unwrap();
         let r = reference(family);
         let (b, t) = r["input_ids"].dims2().unwrap();
         let ours = model.forward_logits(&ids(&r["input_ids"]), b, t).unwrap();
-        let peft = candle_core::safetensors::load(dir.join(format!("{family}-peft-logits.safetensors")), &Device::Cpu).unwrap();
+        let peft = candle_core::safetensors::load(
+            dir.join(format!("{family}-peft-logits.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
         let d = rel_diff(&ours, &peft["logits"]);
         assert!(d < TOL, "{family}: PEFT's logits for our adapter differ from ours by {d}");
     }

@@ -75,7 +75,11 @@ fn t5_relative_buckets_match_transformers() {
         let buckets = grid["bucket"].as_array().unwrap();
         for (r, b) in rel.iter().zip(buckets) {
             let (r, b) = (r.as_i64().unwrap(), b.as_u64().unwrap() as usize);
-            assert_eq!(t5_bucket(r, bi, nb, md), b, "relative {r}, bidirectional {bi}, {nb} buckets, max {md}");
+            assert_eq!(
+                t5_bucket(r, bi, nb, md),
+                b,
+                "relative {r}, bidirectional {bi}, {nb} buckets, max {md}"
+            );
         }
     }
 }

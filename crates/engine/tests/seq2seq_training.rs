@@ -131,9 +131,12 @@ fn padded_seq2seq_batches_equal_their_rows_alone() {
     use finetune_engine::layers::{AdapterPlan, ForwardCtx};
     use finetune_engine::model::{Seq2SeqBatch, load_seq2seq_lm};
     for family in ["t5", "bart"] {
-        let m = load_seq2seq_lm(&model_dir(family), AdapterPlan::frozen(), DType::F32, &candle_core::Device::Cpu).unwrap();
+        let m =
+            load_seq2seq_lm(&model_dir(family), AdapterPlan::frozen(), DType::F32, &candle_core::Device::Cpu)
+                .unwrap();
         let (long_src, short_src): (Vec<u32>, Vec<u32>) = ((3..15).collect(), (20..25).collect());
-        let (long_tgt, short_tgt): (Vec<i64>, Vec<i64>) = ((30..36).collect(), vec![-100, 41, 42, 43, 44, 45, 46, 47]);
+        let (long_tgt, short_tgt): (Vec<i64>, Vec<i64>) =
+            ((30..36).collect(), vec![-100, 41, 42, 43, 44, 45, 46, 47]);
         let ctx = ForwardCtx::eval();
         let loss = |pairs: &[(&[u32], &[i64])]| {
             let (sum, n) = m.loss_sum(&Seq2SeqBatch::collate(pairs, 0), &ctx).unwrap();
@@ -143,6 +146,10 @@ fn padded_seq2seq_batches_equal_their_rows_alone() {
         let (a, na) = loss(&[(&long_src, &long_tgt)]);
         let (b, nb) = loss(&[(&short_src, &short_tgt)]);
         assert_eq!(n, na + nb);
-        assert!((both - (a + b)).abs() < 1e-4 * both.abs(), "{family}: padded batch {both} vs rows {}", a + b);
+        assert!(
+            (both - (a + b)).abs() < 1e-4 * both.abs(),
+            "{family}: padded batch {both} vs rows {}",
+            a + b
+        );
     }
 }

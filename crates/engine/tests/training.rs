@@ -57,14 +57,20 @@ fn run(cfg: &TrainConfig, out: &Path) -> Vec<TrainEvent> {
 }
 
 fn step_losses(events: &[TrainEvent]) -> Vec<f64> {
-    events.iter().filter_map(|e| if let TrainEvent::Step { loss, .. } = e { Some(*loss) } else { None }).collect()
+    events
+        .iter()
+        .filter_map(|e| if let TrainEvent::Step { loss, .. } = e { Some(*loss) } else { None })
+        .collect()
 }
 
 fn assert_trajectory(ours: &[f64], theirs: &Tensor, what: &str) {
     let theirs = theirs.to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
     assert_eq!(ours.len(), theirs.len(), "{what}: number of steps");
     for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
-        assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{what}: step {i} loss {a} vs PEFT {b}\nours {ours:?}\ntheirs {theirs:?}");
+        assert!(
+            (a - b).abs() < 1e-4 * b.abs().max(1.0),
+            "{what}: step {i} loss {a} vs PEFT {b}\nours {ours:?}\ntheirs {theirs:?}"
+        );
     }
 }
 
@@ -78,7 +84,8 @@ fn lora_ten_adamw_steps_match_peft_trajectory_and_weights() {
     let r = reference("llama");
     assert_trajectory(&step_losses(&events), &r["train_losses"], "llama LoRA");
     // The adapter we wrote holds PEFT's weights after the same 10 steps.
-    let ours = candle_core::safetensors::load(tmp.path().join("out/adapter_model.safetensors"), &Device::Cpu).unwrap();
+    let ours = candle_core::safetensors::load(tmp.path().join("out/adapter_model.safetensors"), &Device::Cpu)
+        .unwrap();
     let mut compared = 0;
     for (name, t) in &ours {
         let d = rel_diff(t, &r[&format!("trained.{name}")]);
@@ -142,7 +149,9 @@ fn fresh_lora_equals_base_and_merged_equals_unmerged() {
     // Merging the PEFT fixture adapter gives the adapted logits without an adapter.
     let tmp = tempfile::tempdir().unwrap();
     let adapter = PeftAdapter::read(&adapter_dir("llama")).unwrap();
-    let adapted = load_causal_lm(&model_dir("llama"), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu).unwrap();
+    let adapted =
+        load_causal_lm(&model_dir("llama"), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu)
+            .unwrap();
     finetune_engine::export::write_hf_folder(&adapted, &model_dir("llama"), tmp.path()).unwrap();
     let merged = load_causal_lm(tmp.path(), AdapterPlan::frozen(), DType::F32, &Device::Cpu).unwrap();
     let d = rel_diff(&merged.forward_logits(&input, b, t).unwrap(), &r["lora_logits"]);
@@ -153,16 +162,20 @@ fn fresh_lora_equals_base_and_merged_equals_unmerged() {
 fn written_adapter_reads_back_identically() {
     let tmp = tempfile::tempdir().unwrap();
     let adapter = PeftAdapter::read(&adapter_dir("mistral")).unwrap();
-    let m = load_causal_lm(&model_dir("mistral"), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu).unwrap();
+    let m =
+        load_causal_lm(&model_dir("mistral"), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu)
+            .unwrap();
     let lora = finetune_engine::config::LoraSection { r: 4, alpha: 8.0, ..Default::default() };
     finetune_engine::peft::write_adapter(tmp.path(), &m, &lora, "fixtures/models/mistral").unwrap();
     let again = PeftAdapter::read(tmp.path()).unwrap();
     assert_eq!(again.modules, adapter.modules);
     let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("adapter_config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg["target_modules"].as_array().map(|a| a.len()), Some(7));
     assert_eq!(cfg["r"], 4);
-    let m2 = load_causal_lm(&model_dir("mistral"), again.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu).unwrap();
+    let m2 = load_causal_lm(&model_dir("mistral"), again.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu)
+        .unwrap();
     let r = reference("mistral");
     let (b, t) = r["input_ids"].dims2().unwrap();
     let d = rel_diff(&m2.forward_logits(&ids(&r["input_ids"]), b, t).unwrap(), &r["lora_logits"]);
@@ -173,7 +186,11 @@ fn written_adapter_reads_back_identically() {
 fn small_model_overfits_a_few_sequences() {
     let tmp = tempfile::tempdir().unwrap();
     let data = reference_dataset("llama", tmp.path());
-    let cfg = config("llama", &data, &["train.max_steps=60", "train.lr=1e-2", "lora.r=8", "lora.targets=\"all-linear\""]);
+    let cfg = config(
+        "llama",
+        &data,
+        &["train.max_steps=60", "train.lr=1e-2", "lora.r=8", "lora.targets=\"all-linear\""],
+    );
     let losses = step_losses(&run(&cfg, &tmp.path().join("out")));
     let (first, last) = (losses[0], *losses.last().unwrap());
     assert!(last < 0.1 * first, "loss went from {first} to {last}");
@@ -183,7 +200,13 @@ fn small_model_overfits_a_few_sequences() {
 fn pause_then_resume_gives_the_same_adapter_bit_for_bit() {
     let tmp = tempfile::tempdir().unwrap();
     let data = reference_dataset("qwen2", tmp.path());
-    let sets = ["train.max_steps=6", "lora.dropout=0.1", "lora.targets=\"all-linear\"", "train.scheduler=\"cosine\"", "train.warmup_steps=2"];
+    let sets = [
+        "train.max_steps=6",
+        "lora.dropout=0.1",
+        "lora.targets=\"all-linear\"",
+        "train.scheduler=\"cosine\"",
+        "train.warmup_steps=2",
+    ];
     let cfg = config("qwen2", &data, &sets);
     let straight = tmp.path().join("straight");
     run(&cfg, &straight);
@@ -222,15 +245,23 @@ fn half_precision_compute_with_f32_adapters_tracks_f32() {
     let tmp = tempfile::tempdir().unwrap();
     let data = reference_dataset("llama", tmp.path());
     let init = format!("lora.init_from=\"{}\"", adapter_dir("llama").display());
-    let f32_losses = step_losses(&run(&config("llama", &data, &["train.max_steps=5", &init]), &tmp.path().join("f32")));
+    let f32_losses =
+        step_losses(&run(&config("llama", &data, &["train.max_steps=5", &init]), &tmp.path().join("f32")));
     for dtype in ["bf16", "f16"] {
         let set = format!("model.dtype=\"{dtype}\"");
-        let losses = step_losses(&run(&config("llama", &data, &["train.max_steps=5", &init, &set]), &tmp.path().join(dtype)));
+        let losses = step_losses(&run(
+            &config("llama", &data, &["train.max_steps=5", &init, &set]),
+            &tmp.path().join(dtype),
+        ));
         for (a, b) in losses.iter().zip(&f32_losses) {
             assert!((a - b).abs() < 2e-2 * b.abs(), "{dtype}: {losses:?} vs f32 {f32_losses:?}");
         }
         // The adapter stays f32 whatever the compute dtype.
-        let saved = candle_core::safetensors::load(tmp.path().join(dtype).join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+        let saved = candle_core::safetensors::load(
+            tmp.path().join(dtype).join("adapter_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
         assert!(saved.values().all(|t| t.dtype() == DType::F32));
     }
 }

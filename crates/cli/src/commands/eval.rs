@@ -2,7 +2,9 @@
 //! encoder-decoder, the mean loss of its targets.
 
 use clap::Args as ClapArgs;
-use finetune_engine::{config::MethodKind, data, device, eval, layers::AdapterPlan, model, peft::PeftAdapter};
+use finetune_engine::{
+    config::MethodKind, data, device, eval, layers::AdapterPlan, model, peft::PeftAdapter,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

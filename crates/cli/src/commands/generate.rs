@@ -50,7 +50,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let mut stop_ids: Vec<u32> = tok.eos_id().into_iter().collect();
     stop_ids.extend(m.dims.eos_token_id);
-    let opts = GenerateOptions { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_p: a.top_p, seed: a.seed, stop_ids };
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+        stop_ids,
+    };
     let out = generate(&m, &ids, &opts)?;
     println!("{}", tok.decode(&out, true)?);
     Ok(ExitCode::SUCCESS)

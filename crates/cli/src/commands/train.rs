@@ -37,7 +37,8 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let saved = a.output.join("train_config.toml");
-    let config_file = if a.resume && a.config.is_none() && saved.exists() { Some(saved) } else { a.config.clone() };
+    let config_file =
+        if a.resume && a.config.is_none() && saved.exists() { Some(saved) } else { a.config.clone() };
     let mut overrides = a.set.clone();
     if let Some(m) = &a.model {
         overrides.push(format!("model.path={}", toml_string(m)));
@@ -63,7 +64,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             progress.on_event(e);
         }
     };
-    let outcome = train_with(&cfg, &a.output, RunOptions { resume: a.resume, force: a.force }, &mut sink, &stop);
+    let outcome =
+        train_with(&cfg, &a.output, RunOptions { resume: a.resume, force: a.force }, &mut sink, &stop);
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -77,8 +79,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     progress.finish();
     if !json {
         match outcome.status {
-            TrainStatus::Completed => eprintln!("done: final loss {:.4}, adapter in {}", outcome.final_loss, a.output.display()),
-            TrainStatus::Paused => eprintln!("paused at step {}: continue with --resume --output {}", outcome.step, a.output.display()),
+            TrainStatus::Completed => {
+                eprintln!("done: final loss {:.4}, adapter in {}", outcome.final_loss, a.output.display())
+            }
+            TrainStatus::Paused => eprintln!(
+                "paused at step {}: continue with --resume --output {}",
+                outcome.step,
+                a.output.display()
+            ),
             TrainStatus::Cancelled => eprintln!("cancelled at step {}", outcome.step),
         }
     }

@@ -91,7 +91,14 @@ pub struct LoraSection {
 
 impl Default for LoraSection {
     fn default() -> Self {
-        Self { r: 16, alpha: 32.0, dropout: 0.05, targets: Targets::default(), use_rslora: false, init_from: None }
+        Self {
+            r: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            targets: Targets::default(),
+            use_rslora: false,
+            init_from: None,
+        }
     }
 }
 
@@ -268,7 +275,10 @@ impl TrainConfig {
     pub fn data_for_context(&self, max_positions: usize) -> (DataSection, Option<String>) {
         let mut data = self.data.clone();
         if data.max_len > max_positions {
-            let note = format!("data.max_len {} exceeds the model's context of {max_positions} tokens; using {max_positions}", data.max_len);
+            let note = format!(
+                "data.max_len {} exceeds the model's context of {max_positions} tokens; using {max_positions}",
+                data.max_len
+            );
             data.max_len = max_positions;
             return (data, Some(note));
         }

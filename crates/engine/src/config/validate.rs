@@ -37,7 +37,10 @@ fn check_unknown_keys(value: &Value, known: &Value, prefix: &str) -> Result<()> 
         match known_map.get(k) {
             None => {
                 let allowed: Vec<&str> = known_map.keys().map(String::as_str).collect();
-                return Err(EngineError::config(key, format!("unknown key; known keys here: {}", allowed.join(", "))));
+                return Err(EngineError::config(
+                    key,
+                    format!("unknown key; known keys here: {}", allowed.join(", ")),
+                ));
             }
             Some(kv) if prefix.is_empty() => check_unknown_keys(v, kv, &key)?,
             Some(_) => {}
@@ -94,15 +97,19 @@ pub(super) fn check(c: &TrainConfig) -> Vec<FieldError> {
     range(&mut e, "lora.alpha", c.lora.alpha, 0.0, 1e6, true);
     range(&mut e, "lora.dropout", c.lora.dropout, 0.0, 0.9, false);
     match &c.lora.targets {
-        Targets::Keyword(k) if k != "default" && k != "all-linear" => {
-            e.push(err("lora.targets", format!("must be `default`, `all-linear` or a list of module names, got `{k}`")))
-        }
+        Targets::Keyword(k) if k != "default" && k != "all-linear" => e.push(err(
+            "lora.targets",
+            format!("must be `default`, `all-linear` or a list of module names, got `{k}`"),
+        )),
         Targets::Modules(m) if m.is_empty() => e.push(err("lora.targets", "the list of modules is empty")),
         _ => {}
     }
     one_of(&mut e, "quant.kind", &c.quant.kind, &["nf4", "fp4", "int8"]);
     if !(16..=4096).contains(&c.quant.block_size) || !c.quant.block_size.is_power_of_two() {
-        e.push(err("quant.block_size", format!("must be a power of two in [16, 4096], got {}", c.quant.block_size)));
+        e.push(err(
+            "quant.block_size",
+            format!("must be a power of two in [16, 4096], got {}", c.quant.block_size),
+        ));
     }
     one_of(&mut e, "quant.compute_dtype", &c.quant.compute_dtype, &["bf16", "f16", "f32"]);
     one_of(&mut e, "data.format", &c.data.format, &["auto", "alpaca", "chat", "text", "tokens"]);
@@ -145,7 +152,9 @@ mod tests {
     #[test]
     fn defaults_are_valid_and_sections_parse() {
         assert!(TrainConfig::default().validate().is_empty());
-        let c = parse("[train]\nlr = 1e-3\nscheduler = \"linear\"\n[lora]\ntargets = [\"q_proj\", \"v_proj\"]\n").unwrap();
+        let c =
+            parse("[train]\nlr = 1e-3\nscheduler = \"linear\"\n[lora]\ntargets = [\"q_proj\", \"v_proj\"]\n")
+                .unwrap();
         assert_eq!(c.train.lr, 1e-3);
         assert_eq!(c.lora.targets, Targets::Modules(vec!["q_proj".into(), "v_proj".into()]));
     }
@@ -165,7 +174,11 @@ mod tests {
     #[test]
     fn overrides_use_dotted_keys() {
         let c = TrainConfig::default()
-            .with_overrides(&["train.lr=0.001".into(), "model.path=/tmp/m".into(), "lora.targets=\"all-linear\"".into()])
+            .with_overrides(&[
+                "train.lr=0.001".into(),
+                "model.path=/tmp/m".into(),
+                "lora.targets=\"all-linear\"".into(),
+            ])
             .unwrap();
         assert_eq!(c.train.lr, 0.001);
         assert_eq!(c.model.path, std::path::PathBuf::from("/tmp/m"));

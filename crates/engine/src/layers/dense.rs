@@ -17,7 +17,10 @@ impl DenseLinear {
     }
 
     pub fn trainable(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Self::Trainable { weight: Var::from_tensor(&weight)?, bias: bias.map(|b| Var::from_tensor(&b)).transpose()? })
+        Ok(Self::Trainable {
+            weight: Var::from_tensor(&weight)?,
+            bias: bias.map(|b| Var::from_tensor(&b)).transpose()?,
+        })
     }
 
     fn weight(&self) -> &Tensor {
@@ -81,7 +84,9 @@ impl Linear for DenseLinear {
 
     fn cpu_kernel(&self) -> Option<Arc<dyn FrozenKernel>> {
         match self {
-            Self::Frozen { weight, bias } if matches!(weight.device(), Device::Cpu) && weight.dtype() == DType::F32 => {
+            Self::Frozen { weight, bias }
+                if matches!(weight.device(), Device::Cpu) && weight.dtype() == DType::F32 =>
+            {
                 Some(Arc::new(DenseKernel { weight: weight.clone(), bias: bias.clone() }))
             }
             _ => None,

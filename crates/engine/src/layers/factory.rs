@@ -138,7 +138,13 @@ impl LayerFactory {
 
     /// A frozen base for `path` from a weight the source already stores quantized (GGUF), or
     /// by quantizing the dense weight when QLoRA asks for it.
-    fn quantized_base(&self, path: &str, in_dim: usize, out_dim: usize, bias: Option<Tensor>) -> Result<Option<Box<dyn Linear>>> {
+    fn quantized_base(
+        &self,
+        path: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: Option<Tensor>,
+    ) -> Result<Option<Box<dyn Linear>>> {
         if self.full() {
             return Ok(None);
         }
@@ -160,7 +166,10 @@ impl LayerFactory {
             return Err(EngineError::tensor(
                 self.weights.origin(&name),
                 &name,
-                format!("has shape [{}, {}], the config implies [{out_dim}, {in_dim}]", weight.rows, weight.cols),
+                format!(
+                    "has shape [{}, {}], the config implies [{out_dim}, {in_dim}]",
+                    weight.rows, weight.cols
+                ),
             ));
         }
         Ok(Some(Box::new(QuantLinear::new(weight, bias, self.dtype, self.device.clone()))))
@@ -200,8 +209,11 @@ impl LayerFactory {
     /// The output head (`lm_head`): adapted only when a target names it.
     pub fn output_head(&self, path: &str, in_dim: usize, out_dim: usize) -> Result<Box<dyn Linear>> {
         let w = self.tensor(&format!("{path}.weight"), &[out_dim, in_dim], self.dtype)?;
-        let base: Box<dyn Linear> =
-            if self.full() { Box::new(DenseLinear::trainable(w, None)?) } else { Box::new(DenseLinear::frozen(w, None)) };
+        let base: Box<dyn Linear> = if self.full() {
+            Box::new(DenseLinear::trainable(w, None)?)
+        } else {
+            Box::new(DenseLinear::frozen(w, None))
+        };
         self.wrap_as(path, base, true)
     }
 
@@ -232,15 +244,18 @@ impl LayerFactory {
         let r = self.plan.r;
         let (a, b) = match &self.plan.init_from {
             Some(src) => {
-                let a = src.load_shaped(&peft_name(path, "lora_A"), &[r, in_dim], DType::F32, &self.device)?;
-                let b = src.load_shaped(&peft_name(path, "lora_B"), &[out_dim, r], DType::F32, &self.device)?;
+                let a =
+                    src.load_shaped(&peft_name(path, "lora_A"), &[r, in_dim], DType::F32, &self.device)?;
+                let b =
+                    src.load_shaped(&peft_name(path, "lora_B"), &[out_dim, r], DType::F32, &self.device)?;
                 (a, b)
             }
             None => {
                 // PEFT: A ~ kaiming_uniform(a=√5) = U(-1/√in, 1/√in), B = 0.
                 let mut rng = Rng::stream(self.plan.seed, &[Rng::key("lora-init"), Rng::key(path)]);
                 let bound = 1.0 / (in_dim as f64).sqrt();
-                let a: Vec<f32> = (0..r * in_dim).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
+                let a: Vec<f32> =
+                    (0..r * in_dim).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect();
                 let a = Tensor::from_vec(a, (r, in_dim), &self.device)?;
                 (a, Tensor::zeros((out_dim, r), DType::F32, &self.device)?)
             }
@@ -264,7 +279,8 @@ impl LayerFactory {
         let Some(src) = &self.plan.init_from else { return Ok(()) };
         let adapted = self.adapted_modules();
         for name in src.names() {
-            let used = adapted.iter().any(|p| name == peft_name(p, "lora_A") || name == peft_name(p, "lora_B"));
+            let used =
+                adapted.iter().any(|p| name == peft_name(p, "lora_A") || name == peft_name(p, "lora_B"));
             if !used {
                 return Err(EngineError::tensor(
                     src.origin(&name),

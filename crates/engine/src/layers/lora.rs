@@ -33,8 +33,11 @@ impl LoraLinear {
 impl Linear for LoraLinear {
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
         let a = self.a.as_tensor();
-        let dropout = (ctx.train && self.dropout > 0.0)
-            .then_some(DropoutSpec { p: self.dropout, seed: ctx.seed, keys: [Rng::key("lora-dropout"), ctx.pass, self.key] });
+        let dropout = (ctx.train && self.dropout > 0.0).then_some(DropoutSpec {
+            p: self.dropout,
+            seed: ctx.seed,
+            keys: [Rng::key("lora-dropout"), ctx.pass, self.key],
+        });
         if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && a.dtype() == DType::F32 {
             if let Some(kernel) = self.base.cpu_kernel() {
                 return ops::lora_linear(x, a, self.b.as_tensor(), kernel, self.scale, dropout);

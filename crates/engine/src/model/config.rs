@@ -10,15 +10,40 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     None,
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Dynamic NTK: the base grows once a sequence is longer than `original_max`
     /// (transformers uses `max_position_embeddings` here).
-    Dynamic { factor: f64, original_max: usize },
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max: usize },
-    Yarn { factor: f64, original_max: usize, beta_fast: f64, beta_slow: f64, attention_factor: Option<f64>, mscale: Option<f64>, mscale_all_dim: Option<f64>, truncate: bool },
+    Dynamic {
+        factor: f64,
+        original_max: usize,
+    },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max: usize,
+    },
+    Yarn {
+        factor: f64,
+        original_max: usize,
+        beta_fast: f64,
+        beta_slow: f64,
+        attention_factor: Option<f64>,
+        mscale: Option<f64>,
+        mscale_all_dim: Option<f64>,
+        truncate: bool,
+    },
     /// LongRoPE: short factors for sequences up to `original_max`, long ones beyond; `factor`
     /// (`max_position_embeddings / original_max` unless given) sets the attention scaling.
-    LongRope { short_factor: Vec<f64>, long_factor: Vec<f64>, original_max: usize, factor: f64, attention_factor: Option<f64> },
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max: usize,
+        factor: f64,
+        attention_factor: Option<f64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,8 +65,8 @@ impl HfConfig {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
-        let raw: Value =
-            serde_json::from_str(&text).map_err(|e| EngineError::file(&path, format!("invalid JSON: {e}")))?;
+        let raw: Value = serde_json::from_str(&text)
+            .map_err(|e| EngineError::file(&path, format!("invalid JSON: {e}")))?;
         if !raw.is_object() {
             return Err(EngineError::file(&path, "expected a JSON object"));
         }
@@ -76,7 +101,10 @@ impl HfConfig {
     pub fn f64_any(&self, keys: &[&str]) -> Result<Option<f64>> {
         for k in keys {
             if let Some(v) = self.get(k) {
-                return v.as_f64().map(Some).ok_or_else(|| self.error(k, format!("expected a number, got {v}")));
+                return v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| self.error(k, format!("expected a number, got {v}")));
             }
         }
         Ok(None)
@@ -85,7 +113,10 @@ impl HfConfig {
     pub fn bool_any(&self, keys: &[&str]) -> Result<Option<bool>> {
         for k in keys {
             if let Some(v) = self.get(k) {
-                return v.as_bool().map(Some).ok_or_else(|| self.error(k, format!("expected true or false, got {v}")));
+                return v
+                    .as_bool()
+                    .map(Some)
+                    .ok_or_else(|| self.error(k, format!("expected true or false, got {v}")));
             }
         }
         Ok(None)
@@ -170,7 +201,10 @@ impl HfConfig {
             .or(self.usize_any(&["max_position_embeddings"]).ok().flatten())
             .unwrap_or(2048);
         let list = |k: &str| -> Vec<f64> {
-            s.get(k).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+            s.get(k)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default()
         };
         Ok(match kind {
             "default" => RopeScaling::None,
@@ -200,12 +234,17 @@ impl HfConfig {
                 long_factor: list("long_factor"),
                 original_max,
                 factor: num("factor").unwrap_or_else(|| {
-                    let max = self.usize_any(&["max_position_embeddings"]).ok().flatten().unwrap_or(original_max);
+                    let max =
+                        self.usize_any(&["max_position_embeddings"]).ok().flatten().unwrap_or(original_max);
                     max as f64 / original_max as f64
                 }),
                 attention_factor: num("attention_factor"),
             },
-            other => return Err(self.error(&format!("{key}.rope_type"), format!("unsupported RoPE scaling `{other}`"))),
+            other => {
+                return Err(
+                    self.error(&format!("{key}.rope_type"), format!("unsupported RoPE scaling `{other}`"))
+                );
+            }
         })
     }
 }
@@ -245,21 +284,33 @@ pub fn rope_inv_freq(params: &RopeParams, rot_dim: usize, max_positions: usize) 
                     } else if wavelen < high_wavelen {
                         f
                     } else {
-                        let smooth = (*original_max as f64 / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                        let smooth = (*original_max as f64 / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
                         (1.0 - smooth) * f / factor + smooth * f
                     }
                 })
                 .collect();
             (freqs, 1.0)
         }
-        RopeScaling::Yarn { factor, original_max, beta_fast, beta_slow, attention_factor, mscale, mscale_all_dim, truncate } => {
+        RopeScaling::Yarn {
+            factor,
+            original_max,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+            mscale,
+            mscale_all_dim,
+            truncate,
+        } => {
             let get_mscale = |scale: f64, m: f64| if scale <= 1.0 { 1.0 } else { 0.1 * m * scale.ln() + 1.0 };
             let attn = attention_factor.unwrap_or_else(|| match (mscale, mscale_all_dim) {
                 (Some(m), Some(a)) => get_mscale(*factor, *m) / get_mscale(*factor, *a),
                 _ => get_mscale(*factor, 1.0),
             });
             let dim = rot_dim as f64;
-            let correction = |rot: f64| dim * ((*original_max as f64) / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln());
+            let correction = |rot: f64| {
+                dim * ((*original_max as f64) / (rot * 2.0 * std::f64::consts::PI)).ln() / (2.0 * theta.ln())
+            };
             let (mut low, mut high) = (correction(*beta_fast), correction(*beta_slow));
             if *truncate {
                 low = low.floor();

@@ -48,7 +48,12 @@ impl ModelSource {
     pub fn open(path: &Path) -> Result<Self> {
         if is_gguf(path) {
             let file = Arc::new(GgufFile::open(path)?);
-            return Ok(Self { path: path.to_path_buf(), config: file.config()?, weights: file.clone(), gguf: Some(file) });
+            return Ok(Self {
+                path: path.to_path_buf(),
+                config: file.config()?,
+                weights: file.clone(),
+                gguf: Some(file),
+            });
         }
         let config = HfConfig::from_dir(path)?;
         let weights: Arc<dyn WeightSource> = Arc::new(SafetensorsWeights::from_dir(path)?);
@@ -77,7 +82,13 @@ impl ModelSource {
         }
     }
 
-    fn factory(&self, plan: AdapterPlan, quant: Option<QuantSpec>, dtype: DType, device: &Device) -> LayerFactory {
+    fn factory(
+        &self,
+        plan: AdapterPlan,
+        quant: Option<QuantSpec>,
+        dtype: DType,
+        device: &Device,
+    ) -> LayerFactory {
         let factory = LayerFactory::new(self.weights.clone(), dtype, device.clone(), plan);
         match quant {
             Some(q) => factory.with_quant(q),
@@ -87,13 +98,25 @@ impl ModelSource {
 
     /// Builds the decoder. `quant` quantizes dense projection weights on load (QLoRA); GGUF
     /// block-quantized weights stay quantized whatever it says (except in full fine-tuning).
-    pub fn build(&self, plan: AdapterPlan, quant: Option<QuantSpec>, dtype: DType, device: &Device) -> Result<CausalLm> {
+    pub fn build(
+        &self,
+        plan: AdapterPlan,
+        quant: Option<QuantSpec>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<CausalLm> {
         let (spec, dims) = self.resolve()?;
         CausalLm::build(spec, dims, &self.factory(plan, quant, dtype, device))
     }
 
     /// Builds whatever model this is, decoder-only or encoder-decoder.
-    pub fn build_any(&self, plan: AdapterPlan, quant: Option<QuantSpec>, dtype: DType, device: &Device) -> Result<AnyModel> {
+    pub fn build_any(
+        &self,
+        plan: AdapterPlan,
+        quant: Option<QuantSpec>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<AnyModel> {
         Ok(match self.family()? {
             Family::Decoder(_) => AnyModel::Causal(self.build(plan, quant, dtype, device)?),
             Family::Seq2Seq(spec) => {
@@ -137,7 +160,9 @@ pub trait LanguageModel {
 pub fn load_seq2seq_lm(dir: &Path, plan: AdapterPlan, dtype: DType, device: &Device) -> Result<Seq2SeqLm> {
     match ModelSource::open(dir)?.build_any(plan, None, dtype, device)? {
         AnyModel::Seq2Seq(m) => Ok(m),
-        AnyModel::Causal(_) => Err(EngineError::file(dir, "not an encoder-decoder model; load it as a causal LM")),
+        AnyModel::Causal(_) => {
+            Err(EngineError::file(dir, "not an encoder-decoder model; load it as a causal LM"))
+        }
     }
 }
 

@@ -103,7 +103,10 @@ impl SafetensorsWeights {
         } else if dir.join("model.safetensors").exists() {
             vec![dir.join("model.safetensors")]
         } else {
-            return Err(EngineError::file(dir, "no model.safetensors or model.safetensors.index.json in this folder"));
+            return Err(EngineError::file(
+                dir,
+                "no model.safetensors or model.safetensors.index.json in this folder",
+            ));
         };
         Self::from_files(dir, files)
     }
@@ -129,8 +132,9 @@ impl SafetensorsWeights {
             })?;
             let data_start = 8 + header_len;
             for (name, info) in meta.tensors() {
-                let dtype = st_dtype(info.dtype)
-                    .ok_or_else(|| EngineError::tensor(path, &name, format!("unsupported dtype {:?}", info.dtype)))?;
+                let dtype = st_dtype(info.dtype).ok_or_else(|| {
+                    EngineError::tensor(path, &name, format!("unsupported dtype {:?}", info.dtype))
+                })?;
                 let (a, b) = info.data_offsets;
                 let expected = info.shape.iter().product::<usize>() * dtype.size_in_bytes();
                 if b < a || b - a != expected || data_start + b > map.len() {
@@ -142,7 +146,13 @@ impl SafetensorsWeights {
                 }
                 entries.insert(
                     name.clone(),
-                    Entry { file: i, dtype, shape: info.shape.clone(), start: data_start + a, end: data_start + b },
+                    Entry {
+                        file: i,
+                        dtype,
+                        shape: info.shape.clone(),
+                        start: data_start + a,
+                        end: data_start + b,
+                    },
                 );
             }
             maps.push(map);

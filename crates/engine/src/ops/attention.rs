@@ -67,7 +67,11 @@ impl AttentionMask {
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Result<Tensor> {
     validate(q, k, v, mask)?;
     if use_cpu_kernels(q) && k.dtype() == DType::F32 && v.dtype() == DType::F32 {
-        return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, FusedAttention { mask: mask.clone(), extra: None });
+        return q.contiguous()?.apply_op3(
+            &k.contiguous()?,
+            &v.contiguous()?,
+            FusedAttention { mask: mask.clone(), extra: None },
+        );
     }
     composed(q, k, v, mask, None)
 }
@@ -75,7 +79,13 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Re
 /// [`attention`] with an additive score bias `[1 or b, h, t, s]` (T5's relative positions),
 /// added after scaling and soft-capping. A bias that needs no gradient runs in the fused kernel;
 /// a trained one (full fine-tuning) goes through the composed path so its gradient flows.
-pub fn attention_with_bias(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask, bias: &Tensor) -> Result<Tensor> {
+pub fn attention_with_bias(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttentionMask,
+    bias: &Tensor,
+) -> Result<Tensor> {
     validate(q, k, v, mask)?;
     let (b, t, h, _) = q.dims4()?;
     let s = k.dim(1)?;
@@ -86,7 +96,11 @@ pub fn attention_with_bias(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionM
     if use_cpu_kernels(q) && k.dtype() == DType::F32 && v.dtype() == DType::F32 && !bias.track_op() {
         let values = bias.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let extra = Some(ExtraBias { values: values.into(), per_row: bb != 1 });
-        return q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, FusedAttention { mask: mask.clone(), extra });
+        return q.contiguous()?.apply_op3(
+            &k.contiguous()?,
+            &v.contiguous()?,
+            FusedAttention { mask: mask.clone(), extra },
+        );
     }
     composed(q, k, v, mask, Some(bias))
 }
@@ -121,7 +135,14 @@ fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
 }
 
 /// The additive mask `[rows, heads, t, s]` (`-inf` where masked) for the composed path.
-fn bias_tensor(mask: &AttentionMask, b: usize, h: usize, t: usize, s: usize, dev: &candle_core::Device) -> Result<Tensor> {
+fn bias_tensor(
+    mask: &AttentionMask,
+    b: usize,
+    h: usize,
+    t: usize,
+    s: usize,
+    dev: &candle_core::Device,
+) -> Result<Tensor> {
     let heads = if mask.alibi_slopes.is_some() { h } else { 1 };
     let rows = if mask.key_lens.is_some() { b } else { 1 };
     let mut bias = Vec::with_capacity(rows * heads * t * s);
@@ -133,7 +154,10 @@ fn bias_tensor(mask: &AttentionMask, b: usize, h: usize, t: usize, s: usize, dev
                     bias.push(if j < lo || j >= hi_k {
                         f32::NEG_INFINITY
                     } else {
-                        mask.alibi_slopes.as_ref().map(|sl| sl[hi] * (j as f32 - (s - t + i) as f32)).unwrap_or(0.0)
+                        mask.alibi_slopes
+                            .as_ref()
+                            .map(|sl| sl[hi] * (j as f32 - (s - t + i) as f32))
+                            .unwrap_or(0.0)
                     });
                 }
             }
@@ -142,7 +166,13 @@ fn bias_tensor(mask: &AttentionMask, b: usize, h: usize, t: usize, s: usize, dev
     Tensor::from_vec(bias, (rows, heads, t, s), dev)
 }
 
-fn composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask, extra: Option<&Tensor>) -> Result<Tensor> {
+fn composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttentionMask,
+    extra: Option<&Tensor>,
+) -> Result<Tensor> {
     let (b, t, h, _) = q.dims4()?;
     let (_, s, kv, _) = k.dims4()?;
     let q = q.transpose(1, 2)?.contiguous()?;
@@ -218,7 +248,16 @@ fn run_tasks<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> 
 impl FusedAttention {
     /// Softmax probabilities `[t, s]` for (row b, head h) into `p`; `raw` receives the
     /// pre-softcap scaled scores when soft-capping is on (needed by backward).
-    fn probs(&self, dm: &Dims, bi: usize, hi: usize, q: Mat, k: Mat, p: &mut [f32], mut raw: Option<&mut [f32]>) {
+    fn probs(
+        &self,
+        dm: &Dims,
+        bi: usize,
+        hi: usize,
+        q: Mat,
+        k: Mat,
+        p: &mut [f32],
+        mut raw: Option<&mut [f32]>,
+    ) {
         let Dims { t, s, d, .. } = *dm;
         sgemm(t, s, d, q, k, p, false, self.mask.scale as f32);
         let slope = self.mask.alibi_slopes.as_ref().map(|sl| sl[hi]);
@@ -234,7 +273,10 @@ impl FusedAttention {
             }
             if let Some(slope) = slope {
                 let qpos = (s - t + i) as f32;
-                row[lo..hi_k].iter_mut().enumerate().for_each(|(j, x)| *x += slope * ((lo + j) as f32 - qpos));
+                row[lo..hi_k]
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, x)| *x += slope * ((lo + j) as f32 - qpos));
             }
             if let Some(e) = &self.extra {
                 let base = ((if e.per_row { bi * dm.h } else { 0 }) + hi) * t * s + i * s;
@@ -268,7 +310,15 @@ impl CustomOp3 for FusedAttention {
         "fused-attention"
     }
 
-    fn cpu_fwd(&self, qs: &CpuStorage, ql: &Layout, ks: &CpuStorage, kl: &Layout, vs: &CpuStorage, vl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (q, k, v) = (slice(qs, ql)?, slice(ks, kl)?, slice(vs, vl)?);
         let dm = dims(ql, kl, vl);
         let Dims { b, h, kv, t, s, dv, .. } = dm;
@@ -290,7 +340,14 @@ impl CustomOp3 for FusedAttention {
         Ok((CpuStorage::F32(out), Shape::from((b, t, h, dv))))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, t, h, d) = q.dims4()?;
         let (_, s, kv, _) = k.dims4()?;
         let dv = v.dim(3)?;
@@ -335,7 +392,16 @@ impl CustomOp3 for FusedAttention {
                                     }
                                 }
                                 // dQ = scale · dS · K ; dK += scale · dSᵀ · Q
-                                sgemm(t, d, s, Mat::rows(&dp, s), dm.k(k, bi, ki), &mut dq[gi * t * d..(gi + 1) * t * d], false, scale);
+                                sgemm(
+                                    t,
+                                    d,
+                                    s,
+                                    Mat::rows(&dp, s),
+                                    dm.k(k, bi, ki),
+                                    &mut dq[gi * t * d..(gi + 1) * t * d],
+                                    false,
+                                    scale,
+                                );
                                 sgemm(s, d, t, Mat::rows_t(&dp, s), dm.q(q, bi, hi), &mut dk, true, scale);
                             }
                             (dq, dk, dvv)

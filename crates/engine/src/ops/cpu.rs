@@ -47,18 +47,46 @@ impl<'a> Mat<'a> {
 
 /// `c[m, n] (+)= alpha * a[m, k] · b[k, n]`, with `c` row-major and single-threaded (callers
 /// that split work across threads themselves use this).
-pub(crate) fn sgemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool, alpha: f32) {
+pub(crate) fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    accumulate: bool,
+    alpha: f32,
+) {
     sgemm_with(m, n, k, a, b, c, accumulate, alpha, gemm::Parallelism::None)
 }
 
 /// [`sgemm`] using the kernel thread pool, for one large product.
-pub(crate) fn sgemm_par(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool, alpha: f32) {
+pub(crate) fn sgemm_par(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    accumulate: bool,
+    alpha: f32,
+) {
     let par = if threads() > 1 { gemm::Parallelism::Rayon(threads()) } else { gemm::Parallelism::None };
     sgemm_with(m, n, k, a, b, c, accumulate, alpha, par)
 }
 
 #[allow(clippy::too_many_arguments)]
-fn sgemm_with(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], accumulate: bool, alpha: f32, par: gemm::Parallelism) {
+fn sgemm_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    accumulate: bool,
+    alpha: f32,
+    par: gemm::Parallelism,
+) {
     assert!(c.len() >= m * n, "sgemm: destination too small");
     if m == 0 || n == 0 {
         return;

@@ -25,7 +25,12 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
 
 /// [`masked_cross_entropy_sum`] of `softcap(h · wᵀ)` for a frozen head weight `w` (`[vocab, hidden]`),
 /// fused on the CPU so the logits exist only one chunk of rows at a time.
-pub fn linear_cross_entropy_sum(h: &Tensor, w: &Tensor, targets: &[u32], softcap: Option<f64>) -> Result<Tensor> {
+pub fn linear_cross_entropy_sum(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &[u32],
+    softcap: Option<f64>,
+) -> Result<Tensor> {
     let (n, hidden) = h.dims2()?;
     let (v, w_hidden) = w.dims2()?;
     if hidden != w_hidden {
@@ -91,11 +96,8 @@ impl CustomOp1 for CrossEntropy {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l)?;
         let v = l.dims()[1];
-        let total: f64 = x
-            .chunks(v)
-            .zip(&self.targets)
-            .map(|(row, &t)| softmax_row(&mut row.to_vec(), t as usize))
-            .sum();
+        let total: f64 =
+            x.chunks(v).zip(&self.targets).map(|(row, &t)| softmax_row(&mut row.to_vec(), t as usize)).sum();
         Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
     }
 
@@ -126,8 +128,27 @@ const CHUNK_ROWS: usize = 64;
 impl LinearCrossEntropy {
     /// For rows `r0..r0+rows` of `h`: the probabilities (after soft-cap) into `logits`, returns
     /// the loss sum; `raw` keeps the pre-cap logits when soft-capping is on.
-    fn chunk(&self, h: &[f32], w: &[f32], hidden: usize, v: usize, r0: usize, rows: usize, logits: &mut [f32], raw: &mut Vec<f32>) -> f64 {
-        sgemm(rows, v, hidden, Mat::rows(&h[r0 * hidden..], hidden), Mat::rows_t(w, hidden), logits, false, 1.0);
+    fn chunk(
+        &self,
+        h: &[f32],
+        w: &[f32],
+        hidden: usize,
+        v: usize,
+        r0: usize,
+        rows: usize,
+        logits: &mut [f32],
+        raw: &mut Vec<f32>,
+    ) -> f64 {
+        sgemm(
+            rows,
+            v,
+            hidden,
+            Mat::rows(&h[r0 * hidden..], hidden),
+            Mat::rows_t(w, hidden),
+            logits,
+            false,
+            1.0,
+        );
         if let Some(cap) = self.softcap {
             raw.clear();
             raw.extend_from_slice(&logits[..rows * v]);

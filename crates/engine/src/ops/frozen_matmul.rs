@@ -2,7 +2,9 @@
 //! compute and keep dL/dW for every frozen projection, which costs as much memory as the weights.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Result, Shape, Storage, Tensor, bail};
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Result, Shape, Storage, Tensor, bail,
+};
 
 /// Computes `x · wᵀ` where `w` (`[out, in]`) is frozen: no gradient is computed or stored for it.
 /// `x` may have any leading dimensions; its last one must be `in`.

@@ -59,13 +59,25 @@ impl CustomOp2 for Gated {
         "gated-activation"
     }
 
-    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout, us: &CpuStorage, ul: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        us: &CpuStorage,
+        ul: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (g, u) = (slice(gs, gl)?, slice(us, ul)?);
         let out = g.iter().zip(u).map(|(&g, &u)| self.0.eval(g).0 * u).collect();
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 
-    fn bwd(&self, gate: &Tensor, up: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dg, du) = with_f32(gate, |g| {
             with_f32(up, |u| {
                 with_f32(dy, |dy| {

@@ -31,7 +31,13 @@ pub fn assert_close(actual: &Tensor, expected: &Tensor, tol: f32) -> Result<()> 
 
 /// Checks the analytic gradient of `sum(f(x) ⊙ r)` for a fixed random `r` against central
 /// finite differences at a sample of coordinates of `x`.
-pub fn check_gradient(f: impl Fn(&Tensor) -> Result<Tensor>, x: &Tensor, seed: u64, eps: f64, tol: f64) -> Result<()> {
+pub fn check_gradient(
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    seed: u64,
+    eps: f64,
+    tol: f64,
+) -> Result<()> {
     let var = Var::from_tensor(x)?;
     let y = f(var.as_tensor())?;
     let r = randn(y.dims(), seed, x.device())?;

@@ -88,14 +88,30 @@ pub fn dropout_mask(n: usize, p: f64, rng: &mut Rng) -> Vec<f32> {
 }
 
 /// The fused LoRA linear: `x` (`[.., in]`, f32 on the CPU), `a` `[r, in]`, `b` `[out, r]`.
-pub fn lora_linear(x: &Tensor, a: &Tensor, b: &Tensor, base: Arc<dyn FrozenKernel>, scale: f64, dropout: Option<DropoutSpec>) -> Result<Tensor> {
+pub fn lora_linear(
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    base: Arc<dyn FrozenKernel>,
+    scale: f64,
+    dropout: Option<DropoutSpec>,
+) -> Result<Tensor> {
     let (in_dim, _) = base.dims();
     let (r, a_in) = a.dims2()?;
     let (_, b_r) = b.dims2()?;
     if a_in != in_dim || b_r != r || x.dim(candle_core::D::Minus1)? != in_dim {
-        bail!("lora: shapes x {:?}, A {:?}, B {:?} do not fit a base with {in_dim} inputs", x.dims(), a.dims(), b.dims());
+        bail!(
+            "lora: shapes x {:?}, A {:?}, B {:?} do not fit a base with {in_dim} inputs",
+            x.dims(),
+            a.dims(),
+            b.dims()
+        );
     }
-    x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, LoraOp { base, scale: scale as f32, dropout })
+    x.contiguous()?.apply_op3(
+        &a.contiguous()?,
+        &b.contiguous()?,
+        LoraOp { base, scale: scale as f32, dropout },
+    )
 }
 
 struct LoraOp {
@@ -122,7 +138,15 @@ impl CustomOp3 for LoraOp {
         "lora-linear"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, as_: &CpuStorage, al: &Layout, bs: &CpuStorage, bl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        as_: &CpuStorage,
+        al: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (x, a, b) = (slice(xs, xl)?, slice(as_, al)?, slice(bs, bl)?);
         let (k, n) = self.base.dims();
         let r = al.dims()[0];
@@ -140,7 +164,14 @@ impl CustomOp3 for LoraOp {
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 
-    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (k, n) = self.base.dims();
         let r = a.dim(0)?;
         let (dx, da, db) = with_f32(x, |x| {
@@ -157,11 +188,29 @@ impl CustomOp3 for LoraOp {
                         match &self.dropout {
                             Some(d) if d.p > 0.0 => {
                                 let mut t = vec![0f32; m * k];
-                                sgemm_par(m, k, r, Mat::rows(&g, r), Mat::rows(a, k), &mut t, false, self.scale);
+                                sgemm_par(
+                                    m,
+                                    k,
+                                    r,
+                                    Mat::rows(&g, r),
+                                    Mat::rows(a, k),
+                                    &mut t,
+                                    false,
+                                    self.scale,
+                                );
                                 let mask = d.mask(m * k);
                                 dx.iter_mut().zip(t.iter().zip(&mask)).for_each(|(o, (t, mk))| *o += t * mk);
                             }
-                            _ => sgemm_par(m, k, r, Mat::rows(&g, r), Mat::rows(a, k), &mut dx, true, self.scale),
+                            _ => sgemm_par(
+                                m,
+                                k,
+                                r,
+                                Mat::rows(&g, r),
+                                Mat::rows(a, k),
+                                &mut dx,
+                                true,
+                                self.scale,
+                            ),
                         }
                         // dA = scale · gᵀ · xd   [r, k]
                         let mut da = vec![0f32; r * k];
@@ -191,7 +240,15 @@ mod tests {
     use crate::ops::gradcheck::{assert_close, check_gradient, randn};
     use candle_core::{DType, Device, Var};
 
-    fn composed(x: &Tensor, w: &Tensor, bias: &Tensor, a: &Tensor, b: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    fn composed(
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        scale: f64,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let base = x.broadcast_matmul(&w.t()?)?.broadcast_add(bias)?;
         let xd = match mask {
             Some(m) => (x * m)?,
@@ -212,20 +269,42 @@ mod tests {
         for p in [0.0, 0.3] {
             let spec = DropoutSpec { p, seed: 9, keys: [1, 2, 3] };
             let mask = Tensor::from_vec(spec.mask(60), (2, 5, 6), &dev)?;
-            let kernel: Arc<dyn FrozenKernel> = Arc::new(DenseKernel { weight: w.clone(), bias: Some(bias.clone()) });
+            let kernel: Arc<dyn FrozenKernel> =
+                Arc::new(DenseKernel { weight: w.clone(), bias: Some(bias.clone()) });
             let (xv, av, bv) = (Var::from_tensor(&x)?, Var::from_tensor(&a)?, Var::from_tensor(&b)?);
-            let fused = lora_linear(xv.as_tensor(), av.as_tensor(), bv.as_tensor(), kernel.clone(), 1.5, (p > 0.0).then_some(spec))?;
+            let fused = lora_linear(
+                xv.as_tensor(),
+                av.as_tensor(),
+                bv.as_tensor(),
+                kernel.clone(),
+                1.5,
+                (p > 0.0).then_some(spec),
+            )?;
             let g1 = (&fused * &r)?.sum_all()?.backward()?;
             let f64v = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F64)?);
             let (xd, ad, bd) = (f64v(&x)?, f64v(&a)?, f64v(&b)?);
             let m64 = mask.to_dtype(DType::F64)?;
-            let reference = composed(xd.as_tensor(), &w.to_dtype(DType::F64)?, &bias.to_dtype(DType::F64)?, ad.as_tensor(), bd.as_tensor(), 1.5, (p > 0.0).then_some(&m64))?;
+            let reference = composed(
+                xd.as_tensor(),
+                &w.to_dtype(DType::F64)?,
+                &bias.to_dtype(DType::F64)?,
+                ad.as_tensor(),
+                bd.as_tensor(),
+                1.5,
+                (p > 0.0).then_some(&m64),
+            )?;
             let g2 = (&reference * r.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
             assert_close(&fused, &reference, 1e-5)?;
             for (u, v) in [(&xv, &xd), (&av, &ad), (&bv, &bd)] {
                 assert_close(g1.get(u.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap(), 1e-5)?;
             }
-            check_gradient(|x| lora_linear(x, &a, &b, kernel.clone(), 1.5, (p > 0.0).then_some(spec)), &x, 7, 1e-2, 2e-3)?;
+            check_gradient(
+                |x| lora_linear(x, &a, &b, kernel.clone(), 1.5, (p > 0.0).then_some(spec)),
+                &x,
+                7,
+                1e-2,
+                2e-3,
+            )?;
         }
         Ok(())
     }

@@ -16,7 +16,9 @@ mod rope;
 pub(crate) mod gradcheck;
 
 pub use attention::{AttentionMask, attention, attention_with_bias};
-pub use cross_entropy::{IGNORE_INDEX, cross_entropy_sum, linear_cross_entropy_sum, masked_cross_entropy_sum};
+pub use cross_entropy::{
+    IGNORE_INDEX, cross_entropy_sum, linear_cross_entropy_sum, masked_cross_entropy_sum,
+};
 pub use frozen_matmul::frozen_matmul;
 pub use gated::{GateAct, gated};
 pub use lora_linear::{DenseKernel, DropoutSpec, FrozenKernel, dropout_mask, lora_linear};

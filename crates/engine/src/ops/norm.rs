@@ -82,7 +82,13 @@ impl CustomOp2 for RmsNorm {
         "rms-norm"
     }
 
-    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ws: &CpuStorage, wl: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = slice(xs, xl)?;
         let w = slice(ws, wl)?;
         let d = w.len();
@@ -101,7 +107,13 @@ impl CustomOp2 for RmsNorm {
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let d = w.elem_count();
         let off = self.offset as f32;
         let (dx, dw) = with_f32(x, |x| {
@@ -258,8 +270,11 @@ mod tests {
             let (xv, wv) = (Var::from_tensor(&x)?, Var::from_tensor(&w)?);
             let r = randn(&[3, 4, 8], 5, &dev)?;
             let g1 = (rms_norm(xv.as_tensor(), wv.as_tensor(), 1e-5, offset)? * &r)?.sum_all()?.backward()?;
-            let (xd, wd) = (Var::from_tensor(&x.to_dtype(DType::F64)?)?, Var::from_tensor(&w.to_dtype(DType::F64)?)?);
-            let g2 = (composed_rms(xd.as_tensor(), wd.as_tensor(), offset)? * r.to_dtype(DType::F64)?)?.sum_all()?.backward()?;
+            let (xd, wd) =
+                (Var::from_tensor(&x.to_dtype(DType::F64)?)?, Var::from_tensor(&w.to_dtype(DType::F64)?)?);
+            let g2 = (composed_rms(xd.as_tensor(), wd.as_tensor(), offset)? * r.to_dtype(DType::F64)?)?
+                .sum_all()?
+                .backward()?;
             assert_close(g1.get(xv.as_tensor()).unwrap(), g2.get(xd.as_tensor()).unwrap(), 1e-5)?;
             assert_close(g1.get(wv.as_tensor()).unwrap(), g2.get(wd.as_tensor()).unwrap(), 1e-5)?;
         }

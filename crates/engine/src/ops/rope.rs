@@ -29,7 +29,13 @@ pub struct RopeTables {
 impl RopeTables {
     /// Tables for positions `0..max_positions` from inverse frequencies (`rot_dim / 2` of them);
     /// `attention_scaling` multiplies cos and sin (YaRN's mscale; 1 otherwise).
-    pub fn new(inv_freq: &[f64], max_positions: usize, attention_scaling: f64, layout: RopeLayout, device: &Device) -> Result<Self> {
+    pub fn new(
+        inv_freq: &[f64],
+        max_positions: usize,
+        attention_scaling: f64,
+        layout: RopeLayout,
+        device: &Device,
+    ) -> Result<Self> {
         let half = inv_freq.len();
         let mut cos = Vec::with_capacity(max_positions * half);
         let mut sin = Vec::with_capacity(max_positions * half);
@@ -179,7 +185,13 @@ mod tests {
                 let tb = tables(rot, layout)?;
                 let cos = tb.cos_t.narrow(0, 2, 5)?.reshape((5, 1, rot / 2))?;
                 let sin = tb.sin_t.narrow(0, 2, 5)?.reshape((5, 1, rot / 2))?;
-                let expected = composed(&x.to_dtype(DType::F64)?, &cos.to_dtype(DType::F64)?, &sin.to_dtype(DType::F64)?, rot, layout)?;
+                let expected = composed(
+                    &x.to_dtype(DType::F64)?,
+                    &cos.to_dtype(DType::F64)?,
+                    &sin.to_dtype(DType::F64)?,
+                    rot,
+                    layout,
+                )?;
                 assert_close(&rope(&x, &tb, 2)?, &expected, 1e-6)?;
                 check_gradient(|x| rope(x, &tb, 2), &x, 7, 1e-2, 1e-3)?;
             }

@@ -117,7 +117,14 @@ fn gemm_strided(
 /// `y[m, out] = x[m, in] · W̃ᵀ` (or, with `transpose`, `dx[m, in] = g[m, out] · W̃`) on the CPU
 /// in f32, W̃ dequantized a chunk of rows at a time; a bf16/f16 compute dtype rounds the operands
 /// and the result. `y` is overwritten, or added to with `accumulate`.
-pub(crate) fn quant_matmul_cpu(w: &QuantWeight, x: &[f32], m: usize, transpose: bool, y: &mut [f32], accumulate: bool) -> Result<()> {
+pub(crate) fn quant_matmul_cpu(
+    w: &QuantWeight,
+    x: &[f32],
+    m: usize,
+    transpose: bool,
+    y: &mut [f32],
+    accumulate: bool,
+) -> Result<()> {
     let (n, k) = (w.rows, w.cols);
     let compute = w.compute;
     let rounded;

@@ -90,7 +90,14 @@ pub fn checkpoints_to_delete(steps: &[u64], keep_last: usize) -> Vec<u64> {
 }
 
 /// Writes the checkpoint for `state.step` and applies the keep-last policy.
-pub fn write_checkpoint(output: &Path, model: &dyn LanguageModel, params: &[(String, Var)], opt: &AdamW, state: &TrainerState, config: &TrainConfig) -> Result<PathBuf> {
+pub fn write_checkpoint(
+    output: &Path,
+    model: &dyn LanguageModel,
+    params: &[(String, Var)],
+    opt: &AdamW,
+    state: &TrainerState,
+    config: &TrainConfig,
+) -> Result<PathBuf> {
     let final_dir = checkpoint_dir(output, state.step);
     let partial = final_dir.with_file_name(format!("step-{}.partial", state.step));
     if partial.exists() {
@@ -99,7 +106,8 @@ pub fn write_checkpoint(output: &Path, model: &dyn LanguageModel, params: &[(Str
     std::fs::create_dir_all(&partial).map_err(|e| EngineError::io(&partial, e))?;
     match config.method.kind {
         MethodKind::Full => {
-            let tensors: HashMap<String, Tensor> = params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
+            let tensors: HashMap<String, Tensor> =
+                params.iter().map(|(n, v)| (n.clone(), v.as_tensor().clone())).collect();
             save_tensors(&partial.join(FULL_WEIGHTS_FILE), &tensors)?;
         }
         _ => peft::write_adapter(&partial, model, &config.lora, &config.model.path.to_string_lossy())?,
@@ -108,7 +116,10 @@ pub fn write_checkpoint(output: &Path, model: &dyn LanguageModel, params: &[(Str
     fsutil::write_json(&partial.join(STATE_FILE), state)?;
     fsutil::write_atomic(&partial.join("train_config.toml"), config.to_toml().as_bytes())?;
     if super::faults::Faults::from_env().at(super::faults::Fault::CheckpointIo, state.step) {
-        return Err(EngineError::io(&partial, std::io::Error::other("injected fault: no space left on device")));
+        return Err(EngineError::io(
+            &partial,
+            std::io::Error::other("injected fault: no space left on device"),
+        ));
     }
     let mut files = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(&partial).map_err(|e| EngineError::io(&partial, e))? {
@@ -152,8 +163,8 @@ impl LoadedCheckpoint {
         let manifest_path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&manifest_path)
             .map_err(|e| EngineError::file(&manifest_path, format!("incomplete checkpoint: {e}")))?;
-        let manifest: Manifest =
-            serde_json::from_str(&text).map_err(|e| EngineError::file(&manifest_path, format!("corrupt manifest: {e}")))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| EngineError::file(&manifest_path, format!("corrupt manifest: {e}")))?;
         for (name, expected) in &manifest.files {
             let path = dir.join(name);
             if !path.exists() {
@@ -165,8 +176,8 @@ impl LoadedCheckpoint {
         }
         let state_path = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&state_path).map_err(|e| EngineError::io(&state_path, e))?;
-        let state: TrainerState =
-            serde_json::from_str(&text).map_err(|e| EngineError::file(&state_path, format!("invalid trainer state: {e}")))?;
+        let state: TrainerState = serde_json::from_str(&text)
+            .map_err(|e| EngineError::file(&state_path, format!("invalid trainer state: {e}")))?;
         let weights_file = match method {
             MethodKind::Full => dir.join(FULL_WEIGHTS_FILE),
             _ => dir.join(peft::WEIGHTS_FILE),

@@ -1,5 +1,7 @@
 //! The one event stream of a training run. The CLI's progress bar, the worker's NDJSON output,
-//! the studio's SQLite store and the UI all consume [`TrainEvent`]s; the engine knows none of them.
+//! the studio's SQLite store, TensorBoard files and the UI all consume [`TrainEvent`]s; the engine
+//! knows none of them. [`TrainEvent::Telemetry`] is the one kind the engine never emits: the
+//! worker's sampler thread adds it to the same stream (see `finetune-monitor`).
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -29,6 +31,52 @@ pub struct MemoryStats {
     /// Device memory in use, when a GPU reports it.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub device_used_bytes: Option<u64>,
+}
+
+/// One GPU as NVML reports it. Every reading is optional: a driver may not support it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GpuTelemetry {
+    /// NVML's index (not necessarily the CUDA ordinal).
+    pub index: u32,
+    pub name: String,
+    /// Whether this process holds memory on it (the GPU the run trains on).
+    pub in_use: bool,
+    pub utilization_percent: Option<f64>,
+    pub memory_used_bytes: Option<u64>,
+    pub memory_total_bytes: Option<u64>,
+    pub temperature_c: Option<f64>,
+    pub power_w: Option<f64>,
+    pub power_limit_w: Option<f64>,
+    /// Memory this process holds on the GPU (NVML's per-process accounting).
+    pub process_memory_bytes: Option<u64>,
+}
+
+/// A sample of the machine while a run trains, taken off the training thread (about once a
+/// second). Where NVML is missing `gpus` is empty and `gpu_status` says why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TelemetrySample {
+    /// Unix time in milliseconds.
+    pub ts_ms: i64,
+    /// The newest optimizer step finished when the sample was taken (0 before the first).
+    pub step: u64,
+    /// Resident memory of the training process.
+    pub process_rss_bytes: u64,
+    /// CPU use of the training process, in percent of one core (from the second sample on).
+    pub process_cpu_percent: Option<f64>,
+    pub system_memory_used_bytes: u64,
+    pub system_memory_total_bytes: u64,
+    /// CPU use of the whole machine, 0 to 100 (from the second sample on).
+    pub system_cpu_percent: Option<f64>,
+    /// `ok`, or `unavailable: <why>` (no NVIDIA driver, no GPU, NVML could not be loaded).
+    pub gpu_status: String,
+    pub gpus: Vec<GpuTelemetry>,
+}
+
+impl TelemetrySample {
+    /// The GPUs the run uses (those it holds memory on).
+    pub fn gpus_in_use(&self) -> impl Iterator<Item = &GpuTelemetry> {
+        self.gpus.iter().filter(|g| g.in_use)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +143,8 @@ pub enum TrainEvent {
     Failed {
         error: String,
     },
+    /// A sample of the process, the machine and its GPUs (added by the worker, not the engine).
+    Telemetry(TelemetrySample),
 }
 
 /// Receives events as they happen.

@@ -54,7 +54,11 @@ impl AdamW {
     /// One update with the gradients in `grads` (same order as the parameters).
     pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
         if grads.len() != self.slots.len() {
-            return Err(EngineError::Other(format!("{} gradients for {} parameters", grads.len(), self.slots.len())));
+            return Err(EngineError::Other(format!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.slots.len()
+            )));
         }
         self.step += 1;
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
@@ -63,7 +67,11 @@ impl AdamW {
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let g = g.to_dtype(DType::F32)?;
             let p = slot.var.as_tensor().to_dtype(DType::F32)?;
-            let p = if slot.decay && self.cfg.weight_decay > 0.0 { (p * (1.0 - lr * self.cfg.weight_decay))? } else { p };
+            let p = if slot.decay && self.cfg.weight_decay > 0.0 {
+                (p * (1.0 - lr * self.cfg.weight_decay))?
+            } else {
+                p
+            };
             slot.m = ((&slot.m * b1)? + (&g * (1.0 - b1))?)?;
             slot.v = ((&slot.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let denom = ((slot.v.sqrt()? / bc2_sqrt)? + self.cfg.eps)?;
@@ -89,9 +97,15 @@ impl AdamW {
         for s in &mut self.slots {
             for (prefix, slot) in [("m", &mut s.m), ("v", &mut s.v)] {
                 let key = format!("{prefix}.{}", s.name);
-                let t = state.get(&key).ok_or_else(|| EngineError::Other(format!("optimizer state lacks `{key}`")))?;
+                let t = state
+                    .get(&key)
+                    .ok_or_else(|| EngineError::Other(format!("optimizer state lacks `{key}`")))?;
                 if t.dims() != slot.dims() {
-                    return Err(EngineError::Other(format!("optimizer state `{key}` has shape {:?}, expected {:?}", t.dims(), slot.dims())));
+                    return Err(EngineError::Other(format!(
+                        "optimizer state `{key}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        slot.dims()
+                    )));
                 }
                 *slot = t.to_dtype(DType::F32)?.to_device(slot.device())?;
             }
@@ -122,7 +136,10 @@ pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<(Tensor, Vec<Te
     }
     // coef = min(1, max_norm / (norm + 1e-6)), computed on the device.
     let coef = (norm.affine(1.0, 1e-6)?.recip()? * max_norm)?.clamp(0f32, 1f32)?;
-    let clipped = grads.iter().map(|g| g.broadcast_mul(&coef.to_dtype(g.dtype())?)).collect::<candle_core::Result<Vec<_>>>()?;
+    let clipped = grads
+        .iter()
+        .map(|g| g.broadcast_mul(&coef.to_dtype(g.dtype())?))
+        .collect::<candle_core::Result<Vec<_>>>()?;
     Ok((norm, clipped))
 }
 
@@ -153,7 +170,10 @@ mod tests {
             }
         }
         let got = var.as_tensor().to_vec1::<f32>()?;
-        assert!((got[0] as f64 - p[0]).abs() < 1e-6 && (got[1] as f64 - p[1]).abs() < 1e-6, "{got:?} vs {p:?}");
+        assert!(
+            (got[0] as f64 - p[0]).abs() < 1e-6 && (got[1] as f64 - p[1]).abs() < 1e-6,
+            "{got:?} vs {p:?}"
+        );
         Ok(())
     }
 
@@ -173,7 +193,10 @@ mod tests {
     fn state_round_trips() -> Result<()> {
         let mk = || -> Result<AdamW> {
             let var = Var::from_tensor(&Tensor::new(&[1.0f32, 2.0], &Device::Cpu)?)?;
-            AdamW::new(vec![("w".into(), var)], AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0 })
+            AdamW::new(
+                vec![("w".into(), var)],
+                AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.0 },
+            )
         };
         let mut a = mk()?;
         a.step(&[Tensor::new(&[0.1f32, 0.2], &Device::Cpu)?], 0.1)?;

@@ -12,7 +12,9 @@ pub fn adapter_plan(cfg: &TrainConfig, spec: &TargetInfo) -> Result<(AdapterPlan
     let mut notes = Vec::new();
     let targets = match &cfg.lora.targets {
         Targets::Keyword(k) if k == "all-linear" => TargetSet::AllLinear,
-        Targets::Keyword(_) => TargetSet::Modules(spec.default_targets.iter().map(|s| s.to_string()).collect()),
+        Targets::Keyword(_) => {
+            TargetSet::Modules(spec.default_targets.iter().map(|s| s.to_string()).collect())
+        }
         Targets::Modules(m) => {
             for name in m {
                 let last = name.rsplit('.').next().unwrap_or(name);

@@ -119,7 +119,8 @@ impl StepBatch {
         match model {
             AnyModel::Causal(_) => Self::Causal(Batch::collate(examples, pad)),
             AnyModel::Seq2Seq(_) => {
-                let pairs: Vec<(&[u32], &[i64])> = examples.iter().map(|e| (&e.input_ids[..], &e.labels[..])).collect();
+                let pairs: Vec<(&[u32], &[i64])> =
+                    examples.iter().map(|e| (&e.input_ids[..], &e.labels[..])).collect();
                 Self::Seq2Seq(Seq2SeqBatch::collate(&pairs, pad))
             }
         }

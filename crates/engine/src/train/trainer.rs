@@ -4,11 +4,12 @@
 //! continues exactly as it would have.
 
 use super::checkpoint::{self, TrainerState};
-use super::faults::{Fault, Faults};
-use super::recovery::{LossGuard, Verdict, lr_factor};
+use super::eta::{Eta, EtaPlan};
 use super::events::{EventSink, Interrupter, MemoryStats, StopRequest, TrainEvent};
+use super::faults::{Fault, Faults};
 use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
 use super::plan::adapter_plan;
+use super::recovery::{LossGuard, Verdict, lr_factor, rollback_suggestion};
 use super::schedule::{ScheduleKind, lr_at};
 use super::step::{GradAccumulator, StepBatch, accumulate_any};
 use crate::arch::{ArchSpec, Family};
@@ -108,12 +109,24 @@ fn alert(sink: &mut dyn EventSink, step: u64, kind: &str, message: String, sugge
 }
 
 /// Runs (or, with `resume`, continues) the training described by `cfg`, writing to `output`.
-pub fn train(cfg: &TrainConfig, output: &Path, resume: bool, sink: &mut dyn EventSink, stop: &Interrupter) -> Result<TrainOutcome> {
+pub fn train(
+    cfg: &TrainConfig,
+    output: &Path,
+    resume: bool,
+    sink: &mut dyn EventSink,
+    stop: &Interrupter,
+) -> Result<TrainOutcome> {
     train_with(cfg, output, RunOptions { resume, force: false }, sink, stop)
 }
 
 /// [`train`] with every option.
-pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut dyn EventSink, stop: &Interrupter) -> Result<TrainOutcome> {
+pub fn train_with(
+    cfg: &TrainConfig,
+    output: &Path,
+    opts: RunOptions,
+    sink: &mut dyn EventSink,
+    stop: &Interrupter,
+) -> Result<TrainOutcome> {
     let faults = Faults::from_env();
     let started = Instant::now();
     let device = device::resolve_device(&cfg.model.device)?;
@@ -172,7 +185,11 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
     if params.is_empty() {
         return Err(EngineError::config(
             "lora.targets",
-            format!("matched no linear layer; the {} family has: {}", targets.family, targets.linear_modules.join(", ")),
+            format!(
+                "matched no linear layer; the {} family has: {}",
+                targets.family,
+                targets.linear_modules.join(", ")
+            ),
         ));
     }
     let trainable_params: u64 = params.iter().map(|(_, v)| v.elem_count() as u64).sum();
@@ -215,7 +232,13 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
     if opts.resume {
         let (found, warnings) = checkpoint::newest_valid(output, cfg.method.kind);
         for w in warnings {
-            alert(sink, 0, "corrupt_checkpoint", w, "the previous checkpoint is used instead; nothing was deleted");
+            alert(
+                sink,
+                0,
+                "corrupt_checkpoint",
+                w,
+                "the previous checkpoint is used instead; nothing was deleted",
+            );
         }
         match found {
             Some(ckpt) => {
@@ -238,7 +261,10 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
                 // continues at the same example: count the consumed micro-batches in the new size.
                 if let Some(old_bs) = saved.map(|o| o.train.batch_size as u64).filter(|&b| b != bs as u64) {
                     state.micro_batches = state.micro_batches * old_bs / bs as u64;
-                    log(sink, format!("micro-batch changed from {old_bs} to {bs}; the data position is kept"));
+                    log(
+                        sink,
+                        format!("micro-batch changed from {old_bs} to {bs}; the data position is kept"),
+                    );
                 }
                 log(sink, format!("resumed from {}", ckpt.dir.display()));
             }
@@ -262,17 +288,34 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
         output_dir: output.display().to_string(),
     });
 
-    let mut cursor = DataCursor { train: &dataset.train, batch_size: bs, per_epoch, shuffle: cfg.data.shuffle, seed: cfg.train.seed, order: None };
+    let mut cursor = DataCursor {
+        train: &dataset.train,
+        batch_size: bs,
+        per_epoch,
+        shuffle: cfg.data.shuffle,
+        seed: cfg.train.seed,
+        order: None,
+    };
     let checkpointing = cfg.grad_checkpointing();
     let pad = tok.pad_id();
-    let loop_start = Instant::now();
-    let first_step = state.step;
     let mut last_checkpoint_step = None;
     let mut eval_loss = None;
     let mut guard = LossGuard::default();
     let mut last_failed = None;
     // The process-lifetime peak: the kernel's high-water mark is reset before every step.
     let mut lifetime_peak = device::process_memory().1;
+    let trainable_bytes: u64 =
+        params.iter().map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum();
+    let mut eta = Eta::default();
+    let eta_plan = EtaPlan {
+        total_steps,
+        eval_every: cfg.train.eval_every_steps as u64,
+        eval_batches: dataset.eval.len().div_ceil(bs) as u64,
+        micro_batches: accum,
+        checkpoint_every: cfg.checkpoint.every_steps as u64,
+        // Weights plus two f32 moments per weight.
+        checkpoint_bytes: trainable_bytes * 3,
+    };
 
     while state.step < total_steps {
         if let Some(req) = stop.requested() {
@@ -291,7 +334,15 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
         let mut loss_sum: Option<Tensor> = None;
         for (k, b) in batches.iter().enumerate() {
             let ctx = ForwardCtx { train: true, seed: cfg.train.seed, pass: state.micro_batches + k as u64 };
-            let (sum, _) = accumulate_any(&model, &params, b, 1.0 / n_total.max(1) as f64, &ctx, checkpointing, &mut acc)?;
+            let (sum, _) = accumulate_any(
+                &model,
+                &params,
+                b,
+                1.0 / n_total.max(1) as f64,
+                &ctx,
+                checkpointing,
+                &mut acc,
+            )?;
             loss_sum = Some(match loss_sum {
                 Some(s) => (s + sum.to_dtype(DType::F32)?)?,
                 None => sum.to_dtype(DType::F32)?,
@@ -309,12 +360,26 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
             loss = f64::NAN;
         }
         let grad_norm = norm.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
-        if let Verdict::Rollback { reason } = guard.observe(loss, grad_norm) {
+        if let Verdict::Rollback { kind, reason } = guard.observe(loss, grad_norm) {
             drop(grads);
+            alert(
+                sink,
+                state.step + 1,
+                kind,
+                format!("step {}: {reason}", state.step + 1),
+                rollback_suggestion(kind),
+            );
             recover(&reason, output, &params, &mut opt, &mut state, &mut guard, &mut last_failed, cfg, sink)?;
             continue;
         }
-        let lr = state.lr_scale * lr_at(schedule, cfg.train.lr, state.step as usize, cfg.train.warmup_steps, total_steps as usize);
+        let lr = state.lr_scale
+            * lr_at(
+                schedule,
+                cfg.train.lr,
+                state.step as usize,
+                cfg.train.warmup_steps,
+                total_steps as usize,
+            );
         opt.step(&grads, lr)?;
         drop(grads);
         state.step += 1;
@@ -325,8 +390,8 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
         if loss < state.best_loss {
             state.best_loss = loss;
         }
-        let elapsed = loop_start.elapsed().as_secs_f64();
-        let done = (state.step - first_step) as f64;
+        let step_s = step_start.elapsed().as_secs_f64();
+        eta.record_step(step_s);
         let (rss, hwm) = device::process_memory();
         lifetime_peak = lifetime_peak.max(hwm);
         let step_peak = peak_reset.then_some(hwm);
@@ -338,30 +403,44 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
             lr,
             grad_norm,
             tokens,
-            tokens_per_s: tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9),
+            tokens_per_s: tokens as f64 / step_s.max(1e-9),
             elapsed_s: started.elapsed().as_secs_f64(),
-            eta_s: elapsed / done * (total_steps - state.step) as f64,
+            eta_s: eta.remaining_s(&eta_plan, state.step),
             mem: MemoryStats {
                 base_bytes: lm.base_bytes() as u64,
-                trainable_bytes: params.iter().map(|(_, v)| (v.elem_count() * v.dtype().size_in_bytes()) as u64).sum(),
+                trainable_bytes,
                 optimizer_bytes: opt.state_bytes() as u64,
                 process_rss_bytes: rss,
                 process_peak_bytes: lifetime_peak,
                 step_peak_bytes: step_peak,
                 activation_peak_bytes: step_peak.map(|p| p.saturating_sub(rss_before)),
-                device_used_bytes: None,
+                device_used_bytes: device::device_memory(&device).map(|(used, _)| used),
             },
         });
 
         let every_eval = cfg.train.eval_every_steps as u64;
-        if every_eval > 0 && state.step % every_eval == 0 && state.step < total_steps && !dataset.eval.is_empty() {
+        if every_eval > 0
+            && state.step % every_eval == 0
+            && state.step < total_steps
+            && !dataset.eval.is_empty()
+        {
+            let t = Instant::now();
             let r = evaluate_any(&model, &dataset.eval, bs, pad)?;
-            sink.emit(&TrainEvent::Eval { step: state.step, eval_loss: r.loss, perplexity: r.perplexity, tokens: r.tokens });
+            eta.record_eval(t.elapsed().as_secs_f64());
+            sink.emit(&TrainEvent::Eval {
+                step: state.step,
+                eval_loss: r.loss,
+                perplexity: r.perplexity,
+                tokens: r.tokens,
+            });
             eval_loss = Some(r.loss);
         }
         let every_ckpt = cfg.checkpoint.every_steps as u64;
         if every_ckpt > 0 && state.step % every_ckpt == 0 {
-            match checkpoint::write_checkpoint(output, lm, &params, &opt, &state, cfg) {
+            let t = Instant::now();
+            let written = checkpoint::write_checkpoint(output, lm, &params, &opt, &state, cfg);
+            eta.record_checkpoint(t.elapsed().as_secs_f64());
+            match written {
                 Ok(dir) => {
                     last_checkpoint_step = Some(state.step);
                     sink.emit(&TrainEvent::Checkpoint { step: state.step, path: dir.display().to_string() });
@@ -380,7 +459,12 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
 
     if !dataset.eval.is_empty() {
         let r = evaluate_any(&model, &dataset.eval, bs, pad)?;
-        sink.emit(&TrainEvent::Eval { step: state.step, eval_loss: r.loss, perplexity: r.perplexity, tokens: r.tokens });
+        sink.emit(&TrainEvent::Eval {
+            step: state.step,
+            eval_loss: r.loss,
+            perplexity: r.perplexity,
+            tokens: r.tokens,
+        });
         eval_loss = Some(r.loss);
     }
     match cfg.method.kind {
@@ -398,7 +482,13 @@ pub fn train_with(cfg: &TrainConfig, output: &Path, opts: RunOptions, sink: &mut
         tokens: state.tokens,
         status: "completed".into(),
     });
-    Ok(TrainOutcome { status: TrainStatus::Completed, step: state.step, final_loss: state.last_loss, best_loss: state.best_loss, eval_loss })
+    Ok(TrainOutcome {
+        status: TrainStatus::Completed,
+        step: state.step,
+        final_loss: state.last_loss,
+        best_loss: state.best_loss,
+        eval_loss,
+    })
 }
 
 /// Handles a bad step: back to the newest valid checkpoint (or, without one, just skips the
@@ -489,5 +579,11 @@ fn stop_early(
         tokens: state.tokens,
         status: label.into(),
     });
-    Ok(TrainOutcome { status, step: state.step, final_loss: state.last_loss, best_loss: state.best_loss, eval_loss: None })
+    Ok(TrainOutcome {
+        status,
+        step: state.step,
+        final_loss: state.last_loss,
+        best_loss: state.best_loss,
+        eval_loss: None,
+    })
 }

@@ -217,7 +217,9 @@ impl Store {
 
     /// Sets (or clears) when a pending job may start again.
     pub fn set_retry_at(&self, id: &str, at_ms: Option<i64>) -> Result<()> {
-        self.lock().prepare_cached("UPDATE jobs SET retry_at = ?2 WHERE id = ?1")?.execute(params![id, at_ms])?;
+        self.lock()
+            .prepare_cached("UPDATE jobs SET retry_at = ?2 WHERE id = ?1")?
+            .execute(params![id, at_ms])?;
         Ok(())
     }
 

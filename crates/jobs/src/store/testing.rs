@@ -2,8 +2,8 @@
 //! version of a database file. Not used by the studio itself.
 
 use super::Store;
-use crate::model::{Job, JobStatus};
 use crate::error::Result;
+use crate::model::{Job, JobStatus};
 use std::path::Path;
 
 /// Runs SQL statements on the store's connection.

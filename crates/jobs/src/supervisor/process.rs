@@ -203,13 +203,19 @@ async fn watch(sup: Supervisor, id: String, mut child: Child, mut kill_rx: onesh
                 sup.alert(
                     job,
                     "out_of_memory",
-                    &format!("ran out of memory; restarting with micro-batch {} × {} accumulation (was {} × {})", to.0, to.1, from.0, from.1),
+                    &format!(
+                        "ran out of memory; restarting with micro-batch {} × {} accumulation (was {} × {})",
+                        to.0, to.1, from.0, from.1
+                    ),
                     "the effective batch is unchanged; a shorter data.max_len or QLoRA also saves memory",
                 );
             }
             None => {
                 transition = Transition::Failed {
-                    error: format!("{} (already at a micro-batch of 1: lower data.max_len, use QLoRA or a smaller model)", report.failed.clone().unwrap_or_default()),
+                    error: format!(
+                        "{} (already at a micro-batch of 1: lower data.max_len, use QLoRA or a smaller model)",
+                        report.failed.clone().unwrap_or_default()
+                    ),
                 };
             }
         }
@@ -222,7 +228,9 @@ async fn watch(sup: Supervisor, id: String, mut child: Child, mut kill_rx: onesh
     match sup.transition(&id, &transition) {
         Ok(job) if job.status == JobStatus::Pending => {
             let wait = super::backoff(sup.inner.cfg.restart_backoff, job.restarts);
-            if let Err(e) = sup.inner.store.set_retry_at(&id, Some(crate::time::now_ms() + wait.as_millis() as i64)) {
+            if let Err(e) =
+                sup.inner.store.set_retry_at(&id, Some(crate::time::now_ms() + wait.as_millis() as i64))
+            {
                 eprintln!("studio: job {id}: {e}");
             }
             let why = if outcome == "out_of_memory" { "ran out of memory" } else { "the worker crashed" };
@@ -317,7 +325,9 @@ fn decide(
     let success = exit.as_ref().map(|s| s.success()).unwrap_or(false);
     match (report.finished.as_deref(), stop) {
         (Some("completed"), _) if success => return (Transition::Completed, "completed").into(),
-        (_, Some(StopKind::Cancel)) | (Some("cancelled"), _) => return (Transition::Cancelled, "cancelled").into(),
+        (_, Some(StopKind::Cancel)) | (Some("cancelled"), _) => {
+            return (Transition::Cancelled, "cancelled").into();
+        }
         (Some("paused"), _) if success => return (Transition::Paused, "paused").into(),
         _ => {}
     }
@@ -339,7 +349,11 @@ fn decide(
     if (crashed || oom) && job.is_some_and(|j| j.restarts < j.max_restarts) {
         let restart = Transition::Pending { resume: true, restart: true };
         return match oom {
-            true => Decision { transition: restart, outcome: "out_of_memory", adapt: Some(Adaptation::HalveBatch) },
+            true => Decision {
+                transition: restart,
+                outcome: "out_of_memory",
+                adapt: Some(Adaptation::HalveBatch),
+            },
             false => (restart, "crashed").into(),
         };
     }
@@ -359,15 +373,22 @@ mod tests {
     fn the_end_of_an_attempt_decides_the_status() {
         let none = VecDeque::new();
         let fin = |s: &str| Report { finished: Some(s.into()), failed: None };
-        assert_eq!(decide(&exited(0), &fin("completed"), None, &none, None).transition, Transition::Completed);
+        assert_eq!(
+            decide(&exited(0), &fin("completed"), None, &none, None).transition,
+            Transition::Completed
+        );
         assert_eq!(
             decide(&exited(0), &fin("paused"), Some(StopKind::Pause), &none, None).transition,
             Transition::Paused
         );
-        assert_eq!(decide(&exited(130), &fin("cancelled"), None, &none, None).transition, Transition::Cancelled);
+        assert_eq!(
+            decide(&exited(130), &fin("cancelled"), None, &none, None).transition,
+            Transition::Cancelled
+        );
         // Killed after the grace period: still a cancel.
         assert_eq!(
-            decide(&Ok(ExitStatus::from_raw(9)), &Report::default(), Some(StopKind::Cancel), &none, None).transition,
+            decide(&Ok(ExitStatus::from_raw(9)), &Report::default(), Some(StopKind::Cancel), &none, None)
+                .transition,
             Transition::Cancelled
         );
         let failed = Report { finished: None, failed: Some("config `train.lr`: bad".into()) };
@@ -393,7 +414,10 @@ mod tests {
         assert_eq!(d.transition, Transition::Pending { resume: true, restart: true });
         assert_eq!(d.adapt, Some(Adaptation::HalveBatch));
         job.restarts = 2;
-        assert!(matches!(decide(&exited(1), &oom, None, &none, Some(&job)).transition, Transition::Failed { .. }));
+        assert!(matches!(
+            decide(&exited(1), &oom, None, &none, Some(&job)).transition,
+            Transition::Failed { .. }
+        ));
         let (json, from, to) = halve_batch(r#"{"train":{"batch_size":8,"grad_accum":2,"lr":0.1}}"#).unwrap();
         assert_eq!((from, to), ((8, 2), (4, 4)));
         assert!(json.contains("\"lr\":0.1"));

@@ -40,7 +40,8 @@ fn describe(view: &mut ModelView) {
                 (spec.family, dims.parameter_count() as u64, spec.mechanisms)
             }
             Family::Seq2Seq(s) => {
-                let params = finetune_engine::model::Seq2SeqDims::from_config(&src.config, s)?.parameter_count();
+                let params =
+                    finetune_engine::model::Seq2SeqDims::from_config(&src.config, s)?.parameter_count();
                 (s.family, params as u64, s.mechanisms)
             }
         })
