@@ -18,7 +18,7 @@ step() { echo; echo "== $* (+$(( $(date +%s) - start ))s)"; }
 
 step "system packages"
 apt_install build-essential pkg-config curl ca-certificates \
-  libwebkit2gtk-4.1-dev webkit2gtk-driver xvfb xauth chromium
+  libwebkit2gtk-4.1-dev webkit2gtk-driver xvfb xauth chromium python3 python3-venv
 need_rust
 need_node
 
@@ -41,6 +41,9 @@ cargo build "${features[@]}"
 
 step "cargo test (workspace, desktop shell included)"
 cargo test "${features[@]}" "$@"
+
+step "TensorBoard files read back by the tensorboard package (its own virtualenv)"
+scripts/check_tensorboard.sh
 
 step "browser E2E (headless Chromium, real studio and workers)"
 (cd tests/e2e && node --test --test-concurrency=1 browser/)

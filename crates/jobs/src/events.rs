@@ -41,6 +41,15 @@ pub enum WorkerEvent {
         kind: String,
         message: String,
         suggestion: String,
+        /// `worker` (the engine's rules) or `studio` (a supervisor decision).
+        source: &'static str,
+    },
+    /// A telemetry sample (the engine's `TelemetrySample`, kept as JSON): `ts_ms` and `step`
+    /// are read out, the rest is stored and forwarded as it is.
+    Telemetry {
+        ts_ms: i64,
+        step: u64,
+        sample: Value,
     },
     Finished {
         status: String,
@@ -116,7 +125,19 @@ impl WorkerEvent {
                 kind: s(&v, "kind"),
                 message: s(&v, "message"),
                 suggestion: s(&v, "suggestion"),
+                source: "worker",
             },
+            "telemetry" => {
+                let mut sample = v;
+                if let Value::Object(m) = &mut sample {
+                    m.remove("event");
+                }
+                Self::Telemetry {
+                    ts_ms: sample.get("ts_ms").and_then(Value::as_i64).unwrap_or(0),
+                    step: u(&sample, "step"),
+                    sample,
+                }
+            }
             "finished" => Self::Finished {
                 status: s(&v, "status"),
                 step: u(&v, "step"),
@@ -152,11 +173,12 @@ impl WorkerEvent {
             Self::Log { level, message } => {
                 ("log", None, json!({"level": level, "source": "worker", "message": message}))
             }
-            Self::Alert { step, kind, message, suggestion } => (
+            Self::Alert { step, kind, message, suggestion, source } => (
                 "alert",
                 None,
-                json!({"step": step, "kind": kind, "message": message, "suggestion": suggestion}),
+                json!({"step": step, "kind": kind, "message": message, "suggestion": suggestion, "source": source}),
             ),
+            Self::Telemetry { sample, .. } => ("telemetry", None, sample.clone()),
             Self::Finished { status, step, final_loss, best_loss, eval_loss } => (
                 "finished",
                 None,
@@ -169,7 +191,7 @@ impl WorkerEvent {
 }
 
 /// An event as listeners see it: `kind` is the SSE event name (`step`, `eval`, `checkpoint`,
-/// `log`, `alert`, `started`, `finished`, `status`), `data` its JSON payload.
+/// `log`, `alert`, `telemetry`, `started`, `finished`, `status`), `data` its JSON payload.
 #[derive(Debug, Clone)]
 pub struct LiveEvent {
     pub job_id: Arc<str>,

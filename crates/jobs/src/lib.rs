@@ -22,8 +22,8 @@ pub use error::{JobsError, Result};
 pub use events::{LiveEvent, WorkerEvent};
 pub use ingest::{IngestOp, Ingestor};
 pub use model::{
-    Attempt, CheckpointRecord, DatasetRecord, Job, JobFilter, JobState, JobStatus, LogLine, MetricPoint,
-    ModelRecord, NewJob, Transition,
+    AlertRecord, Attempt, CheckpointRecord, DatasetRecord, Job, JobFilter, JobState, JobStatus, LogLine,
+    MetricPoint, ModelRecord, NewJob, TelemetryRecord, Transition,
 };
 pub use store::Store;
 pub use supervisor::{Supervisor, SupervisorConfig};

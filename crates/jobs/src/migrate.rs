@@ -9,6 +9,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("0001_init", include_str!("../migrations/0001_init.sql")),
     ("0002_publish_and_restarts", include_str!("../migrations/0002_publish_and_restarts.sql")),
     ("0003_backoff_and_faults", include_str!("../migrations/0003_backoff_and_faults.sql")),
+    ("0004_monitor", include_str!("../migrations/0004_monitor.sql")),
 ];
 
 /// The schema version this build writes.

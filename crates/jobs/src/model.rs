@@ -339,3 +339,29 @@ mod tests {
         assert!(!Cancelled.can_become(Running));
     }
 }
+
+/// An alert of a job: an anomaly the engine's rules found or a decision the studio took.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertRecord {
+    pub id: i64,
+    pub job_id: String,
+    /// The job's name (filled by the queries across jobs).
+    pub job_name: Option<String>,
+    /// Unix ms.
+    pub ts: i64,
+    pub step: u64,
+    pub kind: String,
+    pub message: String,
+    pub suggestion: String,
+    /// `worker` or `studio`.
+    pub source: String,
+}
+
+/// One stored telemetry sample: the engine's `TelemetrySample` as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TelemetryRecord {
+    /// Unix ms.
+    pub ts: i64,
+    pub step: u64,
+    pub sample: serde_json::Value,
+}

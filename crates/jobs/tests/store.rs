@@ -240,3 +240,60 @@ fn make_v1_fixture() {
     .unwrap();
     assert_eq!(store.schema_version().unwrap(), 1);
 }
+
+#[test]
+fn alerts_and_telemetry_are_kept_per_job_and_listed_across_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    let a = store.create_job(&new_job("first"), &dir.path().join("jobs")).unwrap();
+    let b = store.create_job(&new_job("second"), &dir.path().join("jobs")).unwrap();
+    let (live, mut rx) = tokio::sync::broadcast::channel(64);
+    let ev = |job: &str, line: &str| IngestOp::Worker {
+        job_id: Arc::from(job),
+        event: WorkerEvent::parse_line(line).expect("an event"),
+    };
+    let sample = |ts: i64, step: u64| {
+        format!(
+            r#"{{"event":"telemetry","ts_ms":{ts},"step":{step},"process_rss_bytes":123,"system_memory_used_bytes":5,"system_memory_total_bytes":10,"gpu_status":"unavailable: no driver","gpus":[]}}"#
+        )
+    };
+    write_batch(
+        &store,
+        &[
+            ev(&a.id, &sample(1_000, 0)),
+            ev(
+                &a.id,
+                r#"{"event":"alert","step":7,"kind":"loss_spike","message":"spiked","suggestion":"lower lr"}"#,
+            ),
+            ev(&a.id, &sample(3_000, 7)),
+            ev(&b.id, r#"{"event":"alert","step":2,"kind":"plateau","message":"flat","suggestion":"stop"}"#),
+            // The same sample again (crash recovery re-reads the events file): kept once.
+            ev(&a.id, &sample(3_000, 7)),
+        ],
+        &live,
+    );
+    let alerts = store.alerts(&a.id).unwrap();
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(
+        (alerts[0].kind.as_str(), alerts[0].step, alerts[0].source.as_str()),
+        ("loss_spike", 7, "worker")
+    );
+    assert_eq!(alerts[0].job_name.as_deref(), Some("first"));
+    let recent = store.recent_alerts(10).unwrap();
+    assert_eq!(recent.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(), ["plateau", "loss_spike"]);
+    assert_eq!(store.recent_alerts(1).unwrap().len(), 1);
+
+    let t = store.telemetry(&a.id, 0, 100).unwrap();
+    assert_eq!(t.iter().map(|r| (r.ts, r.step)).collect::<Vec<_>>(), [(1_000, 0), (3_000, 7)]);
+    assert_eq!(t[0].sample["process_rss_bytes"], 123);
+    assert!(t[0].sample.get("event").is_none(), "the event tag is not part of the sample");
+    assert_eq!(store.telemetry(&a.id, 1_000, 100).unwrap().len(), 1);
+    assert!(store.telemetry(&b.id, 0, 100).unwrap().is_empty());
+    // Live listeners get both kinds after the commit.
+    let kinds: Vec<&str> = std::iter::from_fn(|| rx.try_recv().ok()).map(|e| e.kind).collect();
+    assert_eq!(kinds, ["telemetry", "alert", "telemetry", "alert", "telemetry"]);
+    // Deleting a job takes its alerts and samples with it.
+    assert!(store.delete_job(&a.id).unwrap());
+    assert!(store.telemetry(&a.id, 0, 100).unwrap().is_empty());
+    assert_eq!(store.recent_alerts(10).unwrap().len(), 1);
+}

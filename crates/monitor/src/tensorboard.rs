@@ -401,7 +401,7 @@ mod tests {
     #[test]
     fn checksums_match_the_reference_values() {
         // CRC-32C check value, and TFRecord masked CRCs computed with tensorboard's own
-        // `masked_crc32c` (tools/tensorboard/check_events.py --vectors).
+        // `masked_crc32c` (tools/fixtures/check_tensorboard.py --vectors).
         assert_eq!(crc32c(b"123456789"), 0xe306_9283);
         assert_eq!(crc32c(b""), 0);
         assert_eq!(masked_crc32c(b"123456789"), 0xc78a_b0e5);

@@ -61,6 +61,7 @@ pub async fn start_state(cfg: ServerConfig) -> Result<AppState, StartError> {
     sup_cfg.worker_args = cfg.worker_args.clone();
     sup_cfg.max_concurrent_per_device = cfg.max_concurrent_per_device;
     sup_cfg.cancel_grace = cfg.cancel_grace;
+    sup_cfg.tensorboard_dir = Some(cfg.runs_dir());
     // Reliability tests inject faults into jobs; never on in normal use.
     sup_cfg.allow_faults = std::env::var("FINETUNE_ALLOW_FAULTS").is_ok_and(|v| v == "1");
     if let Some(ms) = std::env::var("FINETUNE_RESTART_BACKOFF_MS").ok().and_then(|v| v.parse().ok()) {

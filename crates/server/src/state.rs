@@ -64,6 +64,11 @@ impl ServerConfig {
         self.data_dir.join("jobs")
     }
 
+    /// TensorBoard event files, one folder per job: `tensorboard --logdir <data dir>/runs`.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.data_dir.join("runs")
+    }
+
     pub fn datasets_dir(&self) -> PathBuf {
         self.data_dir.join("datasets")
     }

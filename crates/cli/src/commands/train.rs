@@ -1,9 +1,12 @@
 //! `train`: runs the engine's training loop with a progress bar, or NDJSON events with `--json`.
 //! Ctrl-C pauses: the current step finishes, a checkpoint is written, and `--resume` continues.
+//! The run is monitored like a studio job: telemetry, anomaly alerts and TensorBoard files
+//! (`tensorboard --logdir <output>/tensorboard`).
 
 use crate::progress::Progress;
 use clap::Args as ClapArgs;
-use finetune_engine::train::{Interrupter, RunOptions, TrainEvent, TrainStatus, train_with};
+use finetune_engine::train::{EventSink, Interrupter, RunOptions, TrainEvent, TrainStatus, train_with};
+use finetune_monitor::pipeline::{MonitorOptions, MonitoredRun};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,6 +36,31 @@ pub struct Args {
     /// With --resume: continue even if settings that change the result differ from the checkpoint's.
     #[arg(long, requires = "resume")]
     force: bool,
+    /// TensorBoard event files go here (default: `<output>/tensorboard`).
+    #[arg(long)]
+    tensorboard_dir: Option<PathBuf>,
+    /// Write no TensorBoard files.
+    #[arg(long, conflicts_with = "tensorboard_dir")]
+    no_tensorboard: bool,
+}
+
+/// What the command prints: NDJSON events, or the progress bar.
+enum Console {
+    Json,
+    Bar(Progress),
+}
+
+impl EventSink for Console {
+    fn emit(&mut self, e: &TrainEvent) {
+        match self {
+            Self::Json => {
+                if let Ok(line) = serde_json::to_string(e) {
+                    println!("{line}");
+                }
+            }
+            Self::Bar(p) => p.on_event(e),
+        }
+    }
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -54,18 +82,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     signal_hook::flag::register_usize(signal_hook::consts::SIGUSR1, stop.flag(), Interrupter::PAUSE)?;
 
     let json = a.json;
-    let mut progress = Progress::new(!json);
-    let mut sink = |e: &TrainEvent| {
-        if json {
-            if let Ok(line) = serde_json::to_string(e) {
-                println!("{line}");
-            }
-        } else {
-            progress.on_event(e);
-        }
+    let console = if json { Console::Json } else { Console::Bar(Progress::new(true)) };
+    let monitor = MonitorOptions {
+        tensorboard_dir: (!a.no_tensorboard)
+            .then(|| a.tensorboard_dir.clone().unwrap_or_else(|| a.output.join("tensorboard"))),
+        telemetry_interval: MonitorOptions::telemetry_from_env(),
+        gpu_index: MonitorOptions::gpu_of_device(&cfg.model.device),
     };
+    let run = MonitoredRun::start(console, monitor);
     let outcome =
-        train_with(&cfg, &a.output, RunOptions { resume: a.resume, force: a.force }, &mut sink, &stop);
+        train_with(&cfg, &a.output, RunOptions { resume: a.resume, force: a.force }, &mut run.sink(), &stop);
+    let console = run.finish();
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -75,8 +102,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Err(e.into());
         }
     };
-    drop(sink);
-    progress.finish();
+    if let Console::Bar(mut progress) = console {
+        progress.finish();
+    }
     if !json {
         match outcome.status {
             TrainStatus::Completed => {

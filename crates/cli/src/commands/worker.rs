@@ -4,13 +4,19 @@
 //! cancels (exit 130). With `--stop-on-stdin-eof` it also pauses when its stdin closes, which is
 //! how it notices that the studio that started it has gone. With `--events-file` every event is
 //! also appended to that file, so a studio that crashed can recover the steps it never read.
+//! The run is monitored (`finetune_monitor::pipeline`): telemetry samples every
+//! `FINETUNE_TELEMETRY_MS` (default 2000), anomaly alerts, and TensorBoard files with
+//! `--tensorboard-dir`.
 //! Exit status: 0 completed or paused, 130 cancelled, 1 failed (after a
 //! `{"event":"failed","error":...}` line).
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
 use finetune_engine::config::TrainConfig;
-use finetune_engine::train::{Interrupter, RunOptions, StopRequest, TrainEvent, TrainStatus, train_with};
+use finetune_engine::train::{
+    EventSink, Interrupter, RunOptions, StopRequest, TrainEvent, TrainStatus, train_with,
+};
+use finetune_monitor::pipeline::{MonitorOptions, MonitoredRun};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -36,6 +42,9 @@ pub struct Args {
     /// Also append every event (NDJSON) to this file.
     #[arg(long)]
     events_file: Option<PathBuf>,
+    /// Write TensorBoard event files into this folder.
+    #[arg(long)]
+    tensorboard_dir: Option<PathBuf>,
 }
 
 fn load(path: &Path) -> anyhow::Result<TrainConfig> {
@@ -54,11 +63,12 @@ fn load(path: &Path) -> anyhow::Result<TrainConfig> {
 struct Outputs {
     file: Option<std::fs::File>,
     stdout_broken: bool,
+    stop: Interrupter,
 }
 
-impl Outputs {
+impl EventSink for Outputs {
     /// One event per line; a closed stdout means the studio is gone, so the run pauses.
-    fn emit(&mut self, event: &TrainEvent, stop: &Interrupter) {
+    fn emit(&mut self, event: &TrainEvent) {
         let Ok(mut line) = serde_json::to_vec(event) else { return };
         line.push(b'\n');
         if let Some(f) = &mut self.file {
@@ -73,7 +83,7 @@ impl Outputs {
         let mut out = std::io::stdout().lock();
         if out.write_all(&line).and_then(|_| out.flush()).is_err() {
             self.stdout_broken = true;
-            stop.request(StopRequest::Pause);
+            self.stop.request(StopRequest::Pause);
         }
     }
 }
@@ -114,9 +124,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let mut outputs = Outputs { file, stdout_broken: false };
-    let mut sink = |e: &TrainEvent| outputs.emit(e, &stop);
-    match train_with(&cfg, &a.output, RunOptions { resume: a.resume, force: a.force }, &mut sink, &stop) {
+    let outputs = Outputs { file, stdout_broken: false, stop: stop.clone() };
+    let monitor = MonitorOptions {
+        tensorboard_dir: a.tensorboard_dir.clone(),
+        telemetry_interval: MonitorOptions::telemetry_from_env(),
+        gpu_index: MonitorOptions::gpu_of_device(&cfg.model.device),
+    };
+    let run = MonitoredRun::start(outputs, monitor);
+    let result =
+        train_with(&cfg, &a.output, RunOptions { resume: a.resume, force: a.force }, &mut run.sink(), &stop);
+    run.finish();
+    match result {
         Ok(outcome) => Ok(match outcome.status {
             TrainStatus::Completed | TrainStatus::Paused => ExitCode::SUCCESS,
             TrainStatus::Cancelled => ExitCode::from(130),

@@ -9,6 +9,7 @@
 
 mod catalog;
 mod history;
+mod monitor;
 pub mod testing;
 mod writes;
 

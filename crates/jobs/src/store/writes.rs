@@ -186,9 +186,22 @@ pub(crate) fn write_event(
         WorkerEvent::Log { level, message } => {
             write_log(c, id, if level.is_empty() { "info" } else { level }, "worker", message, now)?;
         }
-        WorkerEvent::Alert { step, kind, message, suggestion } => {
+        WorkerEvent::Alert { step, kind, message, suggestion, source } => {
+            c.prepare_cached(
+                "INSERT INTO alerts (job_id, ts, step, kind, message, suggestion, source) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![id, now, *step as i64, kind, message, suggestion, source])?;
             let msg = format!("step {step}: {kind}: {message} ({suggestion})");
-            write_log(c, id, "warn", "worker", &msg, now)?;
+            write_log(c, id, "warn", source, &msg, now)?;
+        }
+        WorkerEvent::Telemetry { ts_ms, step, sample } => {
+            // Keyed by time: a sample repeated by crash recovery (the events file) replaces itself.
+            let ts = if *ts_ms > 0 { *ts_ms } else { now };
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO telemetry (job_id, ts, step, sample) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, ts, *step as i64, sample.to_string()])?;
         }
         WorkerEvent::Finished { status, step, final_loss, best_loss, eval_loss } => {
             c.prepare_cached(

@@ -48,6 +48,9 @@ pub struct SupervisorConfig {
     pub restart_backoff: Duration,
     /// Pass a job's `fault` to its first worker as `FINETUNE_FAULT` (reliability tests only).
     pub allow_faults: bool,
+    /// Where workers write TensorBoard event files, one folder per job (`<dir>/<job id>`), so
+    /// `tensorboard --logdir <dir>` shows every job; `None` writes none.
+    pub tensorboard_dir: Option<PathBuf>,
 }
 
 /// The longest wait before a restart.
@@ -70,6 +73,7 @@ impl SupervisorConfig {
             poll_interval: Duration::from_secs(1),
             restart_backoff: Duration::from_secs(2),
             allow_faults: false,
+            tensorboard_dir: None,
         }
     }
 }
@@ -202,6 +206,7 @@ impl Supervisor {
             kind: kind.to_string(),
             message: message.to_string(),
             suggestion: suggestion.to_string(),
+            source: "studio",
         };
         let op = crate::ingest::IngestOp::Worker { job_id: job.id.as_str().into(), event };
         if self.inner.ingest.send(op).is_err() {

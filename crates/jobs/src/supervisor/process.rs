@@ -44,6 +44,9 @@ pub(super) async fn launch(sup: &Supervisor, job: &Job) -> Result<()> {
         .arg("--stop-on-stdin-eof")
         .arg("--events-file")
         .arg(job_dir.join(super::EVENTS_FILE));
+    if let Some(runs) = &cfg.tensorboard_dir {
+        cmd.arg("--tensorboard-dir").arg(runs.join(&job.id));
+    }
     if resume {
         // The supervisor may have adapted the config (a smaller micro-batch after running out
         // of memory); the user cannot change a job's config, so forcing is safe.
