@@ -1,4 +1,5 @@
-// The frame around every page: sidebar navigation, theme switch, and the page for the route.
+// The frame around every page: sidebar navigation, theme switch, the page for the route, and
+// desktop notifications of alerts and finished jobs whatever the page.
 import { useState } from 'preact/hooks';
 import { useRoute } from './lib/router';
 import { applyTheme, initialTheme, type Theme } from './lib/theme';
@@ -6,6 +7,7 @@ import { Dashboard } from './pages/Dashboard';
 import { History } from './pages/History';
 import { JobPage } from './pages/job/JobPage';
 import { Presets } from './pages/Presets';
+import { useNotifications } from './pages/useNotifications';
 import { Wizard } from './pages/wizard/Wizard';
 
 const NAV = [
@@ -17,6 +19,7 @@ const NAV = [
 
 export function App() {
   const route = useRoute();
+  useNotifications();
   const [theme, setTheme] = useState<Theme>(initialTheme);
   const toggle = () => { const t = theme === 'dark' ? 'light' : 'dark'; applyTheme(t, true); setTheme(t); };
   const [first] = route.parts;

@@ -17,7 +17,7 @@ export type Estimate = S['Estimate'];
 export type DatasetView = S['DatasetView'];
 export type Preset = Omit<S['PresetView'], 'config'> & { config: TrainConfig };
 export type FieldError = S['FieldError'];
-export type SystemInfo = S['SystemInfo'];
+export type SystemInfo = S['SystemInfo'] & { telemetry?: TelemetrySample | null };
 export type DemoSetup = S['DemoSetup'];
 export type Progress = S['Progress'];
 export type ConfigValidation = Omit<S['ConfigValidation'], 'config'> & { config?: TrainConfig | null };
@@ -27,6 +27,22 @@ export type PreviewToken = { id: number; text: string; learned: boolean };
 export type PreviewRow = { line: number; text: string; tokens: PreviewToken[]; truncated: boolean; skipped?: string | null };
 export type DataReport = { format?: string | null; rows: number; examples: number; train_examples: number; eval_examples: number; truncated: number; skipped: number; total_tokens: number };
 export type DatasetDetail = Omit<S['DatasetDetail'], 'preview' | 'report'> & { preview: PreviewRow[]; report?: DataReport | null };
+/** One GPU as NVML reports it; every reading may be missing (the driver does not report it). */
+export type GpuTelemetry = {
+  index: number; name: string; in_use: boolean;
+  utilization_percent?: number | null; memory_used_bytes?: number | null; memory_total_bytes?: number | null;
+  temperature_c?: number | null; power_w?: number | null; power_limit_w?: number | null; process_memory_bytes?: number | null;
+};
+/** A sample of the machine (and the training process) while a job runs, or the studio's own. */
+export type TelemetrySample = {
+  ts_ms: number; step: number; process_rss_bytes: number; process_cpu_percent?: number | null;
+  system_memory_used_bytes: number; system_memory_total_bytes: number; system_cpu_percent?: number | null;
+  /** `ok`, or `unavailable: <why>`. */
+  gpu_status: string; gpus: GpuTelemetry[];
+};
+/** A warning raised for a job: by the worker's anomaly rules or by the studio's decisions. */
+export type Alert = { ts_ms: number; step: number; kind: string; message: string; suggestion: string; source: string };
+export type RecentAlert = Alert & { job_id: string; job_name: string };
 /** A training config: sections (model, method, lora, quant, data, train, checkpoint) of keys. */
 export type TrainConfig = Record<string, Record<string, unknown>>;
 
@@ -91,7 +107,7 @@ const q = (params: Record<string, string | number | undefined | null>) => {
   return t ? `?${t}` : '';
 };
 /** A URL the browser opens itself (downloads), with the token in the query when there is one. */
-const directUrl = (p: string) => conn.base + PREFIX + p + (conn.token ? `?access_token=${encodeURIComponent(conn.token)}` : '');
+const directUrl = (p: string, params: Record<string, string> = {}) => conn.base + PREFIX + p + q({ ...params, access_token: conn.token });
 
 export const api = {
   system: () => get<SystemInfo>('/system'),
@@ -110,6 +126,26 @@ export const api = {
     checkpoints: (id: string) => get<{ checkpoints: Checkpoint[] }>(`/jobs/${id}/checkpoints`),
     openFolder: (id: string) => post<{ path: string }>(`/jobs/${id}/open-folder`),
     adapterUrl: (id: string) => directUrl(`/jobs/${id}/adapter`),
+    /** The shareable report: an HTML page, Markdown, or the chart as PNG/SVG. */
+    reportUrl: (id: string, format: 'html' | 'md' | 'png' | 'svg' = 'html') => directUrl(`/jobs/${id}/report`, { format }),
+    /** The API path of the report (the desktop shell opens it in the system's browser). */
+    reportPath: (id: string, format: 'html' | 'md' | 'png' | 'svg' = 'html') => `${PREFIX}/jobs/${id}/report?format=${format}`,
+    /** The metric history as a download (CSV or JSON). */
+    metricsExportUrl: (id: string, format: 'csv' | 'json' = 'csv') => directUrl(`/jobs/${id}/metrics/export`, { format }),
+    telemetry: (id: string, afterTsMs = 0) => get<{ samples: TelemetrySample[] }>(`/jobs/${id}/telemetry` + q({ after_ts_ms: afterTsMs })),
+    alerts: (id: string) => get<{ alerts: Alert[] }>(`/jobs/${id}/alerts`),
+    /** Every telemetry sample of a job after `afterTsMs`, oldest first, paging through long histories. */
+    async allTelemetry(id: string, afterTsMs = 0): Promise<TelemetrySample[]> {
+      const out: TelemetrySample[] = [];
+      for (let page = 0; page < 100; page++) {
+        const { samples } = await api.jobs.telemetry(id, afterTsMs);
+        const fresh = samples.filter((s) => s.ts_ms > afterTsMs);
+        if (!fresh.length) break;
+        out.push(...fresh);
+        afterTsMs = fresh[fresh.length - 1].ts_ms;
+      }
+      return out;
+    },
     /** Every metric point of a job, paging through long histories. */
     async allMetrics(id: string, afterStep = 0): Promise<MetricPoint[]> {
       const out: MetricPoint[] = [];
@@ -120,6 +156,10 @@ export const api = {
         afterStep = points[points.length - 1].step;
       }
     },
+  },
+  alerts: {
+    /** The newest alerts across jobs, newest first. */
+    recent: (limit = 10) => get<{ alerts: RecentAlert[] }>('/alerts' + q({ limit })),
   },
   checkpoints: {
     deploy: (checkpointId: string) => post<JobView>(`/checkpoints/${checkpointId}/deploy`),
@@ -160,6 +200,9 @@ export type LiveHandlers = {
   started?: (s: { start_step?: number; total_steps?: number }) => void;
   log?: (l: { level?: string; message: string }) => void;
   checkpoint?: (c: { step: number }) => void;
+  /** A telemetry sample (history first, then live; the caller drops those it already has). */
+  telemetry?: (t: TelemetrySample) => void;
+  alert?: (a: { step: number; kind: string; message: string; suggestion: string }) => void;
   /** The connection dropped and is being retried (false when back). */
   connection?: (lost: boolean) => void;
 };
@@ -189,6 +232,8 @@ export function followJob(id: string, afterStep: number, h: LiveHandlers): () =>
     es.addEventListener('eval', (e) => h.eval?.(parse(e as MessageEvent)));
     es.addEventListener('log', (e) => h.log?.(parse(e as MessageEvent)));
     es.addEventListener('checkpoint', (e) => h.checkpoint?.(parse(e as MessageEvent)));
+    es.addEventListener('telemetry', (e) => { const t = parse(e as MessageEvent); if (typeof t.ts_ms === 'number') h.telemetry?.(t); });
+    es.addEventListener('alert', (e) => h.alert?.(parse(e as MessageEvent)));
     es.addEventListener('started', (e) => {
       const s = parse(e as MessageEvent);
       if (typeof s.start_step === 'number') last = Math.min(last, s.start_step);

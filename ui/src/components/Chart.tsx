@@ -10,12 +10,17 @@ export type SeriesDef = { label: string; color: string; width?: number; dash?: n
 
 const css = (name: string) => getComputedStyle(document.documentElement).getPropertyValue(name).trim() || '#888';
 
-export function Chart({ x, series, data, height = 200, xLabel = 'step', logY = false, testid }: {
-  x?: string; series: SeriesDef[]; data: (number | null)[][]; height?: number; xLabel?: string; logY?: boolean; testid?: string;
+/**
+ * `time`: x values are Unix seconds, shown as clock times. `fromZero`: the y axis starts at 0
+ * (memory, where the distance to the limit matters).
+ */
+export function Chart({ x, series, data, height = 200, xLabel = 'step', logY = false, time = false, fromZero = false, yFmt, testid }: {
+  x?: string; series: SeriesDef[]; data: (number | null)[][]; height?: number; xLabel?: string; logY?: boolean;
+  time?: boolean; fromZero?: boolean; yFmt?: (v: number) => string; testid?: string;
 }) {
   const box = useRef<HTMLDivElement>(null);
   const plot = useRef<uPlot | null>(null);
-  const key = series.map((s) => s.label + s.color + (s.dash ?? '')).join('|') + logY + document.documentElement.dataset.theme;
+  const key = series.map((s) => s.label + s.color + (s.dash ?? '')).join('|') + logY + time + fromZero + document.documentElement.dataset.theme;
 
   useEffect(() => {
     const el = box.current!;
@@ -26,10 +31,16 @@ export function Chart({ x, series, data, height = 200, xLabel = 'step', logY = f
       height,
       legend: { show: true },
       cursor: { drag: { x: true, y: false } },
-      scales: { x: { time: false }, y: logY ? { distr: 3 } : {} },
-      axes: [{ ...axis, label: xLabel, labelSize: 18 }, { ...axis, size: 60 }],
+      scales: {
+        x: { time },
+        y: logY ? { distr: 3 } : fromZero ? { range: (_u, _min, max) => [0, max > 0 ? max * 1.08 : 1] } : {},
+      },
+      axes: [
+        time ? { ...axis, values: (_u: uPlot, vs: number[]) => clockTicks(vs) } : { ...axis, label: xLabel, labelSize: 18 },
+        { ...axis, size: 60, ...(yFmt ? { values: (_u: uPlot, vs: number[]) => vs.map(yFmt) } : {}) },
+      ],
       series: [
-        { label: x ?? xLabel },
+        time ? { label: x ?? 'time', value: (_u: uPlot, v: number | null) => (v == null ? '—' : new Date(v * 1000).toLocaleTimeString()) } : { label: x ?? xLabel },
         ...series.map((s) => ({
           label: s.label,
           stroke: s.color,
@@ -52,9 +63,16 @@ export function Chart({ x, series, data, height = 200, xLabel = 'step', logY = f
 
   const xs = (data[0] ?? []) as number[];
   return (
-    <div ref={box} class="chart" data-testid={testid} data-points={xs.length}
+    <div ref={box} class={time ? 'chart time' : 'chart'} data-testid={testid} data-points={xs.length}
       data-steps={xs.length ? `${xs[0]}-${xs[xs.length - 1]}` : ''} />
   );
+}
+
+/** Clock times for time-axis ticks: hours and minutes, with seconds when the ticks are closer. */
+function clockTicks(vs: number[]): string[] {
+  const step = vs.length > 1 ? Math.abs(vs[1] - vs[0]) : 60;
+  const opts: Intl.DateTimeFormatOptions = step < 60 ? { hour: '2-digit', minute: '2-digit', second: '2-digit' } : { hour: '2-digit', minute: '2-digit' };
+  return vs.map((v) => new Date(v * 1000).toLocaleTimeString([], opts));
 }
 
 export const chartColors = () => [css('--chart-1'), css('--chart-2'), css('--chart-3'), css('--chart-4')];

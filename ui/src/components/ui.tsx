@@ -41,3 +41,16 @@ export const Spinner = ({ label = 'Loading' }: { label?: string }) => (
 export const Stat = ({ label, value, testid }: { label: string; value: ComponentChildren; testid?: string }) => (
   <div class="stat"><span class="label">{label}</span><span class="value" data-testid={testid}>{value}</span></div>
 );
+
+/** How full something is (memory): a bar that turns amber past 80 % and red past 92 %, unless
+ *  `plain` (CPU use, where full is normal while training). */
+export function Meter({ used, total, label, plain = false, testid }: { used?: number | null; total?: number | null; label: string; plain?: boolean; testid?: string }) {
+  const frac = used != null && total ? Math.min(1, Math.max(0, used / total)) : null;
+  const level = frac == null || plain ? '' : frac >= 0.92 ? 'bad' : frac >= 0.8 ? 'warn' : 'ok';
+  return (
+    <div class={`meter ${level}`} role="meter" aria-label={label} aria-valuemin={0} aria-valuemax={100}
+      aria-valuenow={frac == null ? undefined : Math.round(frac * 100)} data-testid={testid}>
+      <div style={{ width: `${(frac ?? 0) * 100}%` }} />
+    </div>
+  );
+}

@@ -27,3 +27,15 @@ export const baseName = (p: string): string => p.replace(/\/+$/, '').split(/[\\/
 /** Seconds between two RFC 3339 times (or until now). */
 export const between = (a?: string | null, b?: string | null): number | null =>
   a ? ((b ? Date.parse(b) : Date.now()) - Date.parse(a)) / 1000 : null;
+/** A percentage as people read it ("97 %"), or a dash. */
+export const percent = (v?: number | null): string => (v == null || !isFinite(v) ? '—' : `${v >= 10 ? v.toFixed(0) : v.toFixed(1)} %`);
+/** How long ago a Unix time in milliseconds was, for recent things ("12 s ago"), else the date. */
+export const ago = (tsMs: number, now = Date.now()): string => {
+  const s = Math.max(0, (now - tsMs) / 1000);
+  if (s < 60) return `${Math.round(s)} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return new Date(tsMs).toLocaleString();
+};
+/** The clock time of a Unix time in milliseconds. */
+export const clock = (tsMs: number): string => new Date(tsMs).toLocaleTimeString();

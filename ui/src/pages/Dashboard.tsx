@@ -1,12 +1,41 @@
-// Dashboard: this machine (CPU, memory, GPUs), the running job with a live mini loss chart, the
-// queue, recent jobs, and on first run an offer to try the demo.
+// Dashboard: this machine (CPU, memory and GPUs, live from the studio's own telemetry), the
+// running job with a live mini loss chart, the queue, recent alerts across jobs, recent jobs,
+// and on first run an offer to try the demo. Everything but the chart is re-read every 4 s.
 import { useEffect, useState } from 'preact/hooks';
-import { api, type JobView, type SystemInfo } from '../api';
+import { api, type JobView, type RecentAlert, type SystemInfo } from '../api';
+import { AlertList } from '../components/Alerts';
 import { Chart, chartColors } from '../components/Chart';
-import { Badge, ErrorNote, ProgressBar, Spinner, Stat } from '../components/ui';
-import { baseName, bytes, duration, num } from '../lib/format';
+import { Badge, ErrorNote, Meter, ProgressBar, Spinner, Stat } from '../components/ui';
+import { baseName, bytes, duration, num, percent } from '../lib/format';
 import { navigate } from '../lib/router';
+import { GpuList } from './job/Telemetry';
 import { useLiveJob } from './useLiveJob';
+
+/** This machine: CPU and memory in use, each GPU (or why there is no GPU telemetry). */
+function Device({ sys }: { sys: SystemInfo }) {
+  const t = sys.telemetry;
+  const memUsed = t?.system_memory_used_bytes ?? (sys.memory_total_bytes != null && sys.memory_available_bytes != null ? sys.memory_total_bytes - sys.memory_available_bytes : null);
+  const memTotal = t?.system_memory_total_bytes ?? sys.memory_total_bytes;
+  return (
+    <div class="stack tight device" data-testid="device">
+      <div>
+        <div class="row between small"><span><span class="muted">CPU</span> {sys.cpu} ({sys.cpu_threads} threads)</span><span data-testid="device-cpu">{percent(t?.system_cpu_percent)}</span></div>
+        <Meter used={t?.system_cpu_percent} total={t?.system_cpu_percent != null ? 100 : null} label="CPU use" plain />
+      </div>
+      <div>
+        <div class="row between small"><span class="muted">Memory</span><span data-testid="device-memory">{bytes(memUsed)} / {bytes(memTotal)}</span></div>
+        <Meter used={memUsed} total={memTotal} label="Memory in use" />
+      </div>
+      {t ? <GpuList sample={t} /> : (
+        <div class="small"><span class="muted">GPU</span> {sys.gpus[0] ? `${sys.gpus[0].name} (${bytes(sys.gpus[0].memory_bytes)})` : 'none found: training runs on the CPU'}</div>
+      )}
+      <dl class="kv small">
+        <dt>Data</dt><dd class="mono small">{sys.data_dir}</dd>
+        <dt>Version</dt><dd>{sys.version}</dd>
+      </dl>
+    </div>
+  );
+}
 
 function RunningJob({ job }: { job: JobView }) {
   const live = useLiveJob(job.job_id);
@@ -35,6 +64,7 @@ function RunningJob({ job }: { job: JobView }) {
 export function Dashboard() {
   const [sys, setSys] = useState<SystemInfo | null>(null);
   const [jobs, setJobs] = useState<JobView[] | null>(null);
+  const [alerts, setAlerts] = useState<RecentAlert[]>([]);
   const [error, setError] = useState<unknown>(null);
   const [demoBusy, setDemoBusy] = useState(false);
   const [demoError, setDemoError] = useState<unknown>(null);
@@ -43,8 +73,11 @@ export function Dashboard() {
     let alive = true;
     const load = async () => {
       try {
-        const [s, j] = await Promise.all([api.system(), api.jobs.list({ limit: 20 })]);
-        if (alive) { setSys(s); setJobs(j.jobs); setError(null); }
+        const [s, j, a] = await Promise.all([
+          api.system(), api.jobs.list({ limit: 20 }),
+          api.alerts.recent(6).then((r) => r.alerts, () => null),
+        ]);
+        if (alive) { setSys(s); setJobs(j.jobs); if (a) setAlerts(a); setError(null); }
       } catch (e) { if (alive) setError(e); }
     };
     void load();
@@ -60,7 +93,6 @@ export function Dashboard() {
   const running = jobs?.filter((j) => j.status === 'running') ?? [];
   const queued = jobs?.filter((j) => j.status === 'pending') ?? [];
   const recent = jobs?.filter((j) => j.status !== 'running' && j.status !== 'pending').slice(0, 6) ?? [];
-  const gpu = sys?.gpus[0];
 
   return (
     <div>
@@ -95,15 +127,12 @@ export function Dashboard() {
         <div class="stack">
           <section class="card" aria-labelledby="device-title">
             <h2 id="device-title">This machine</h2>
-            {!sys ? <Spinner /> : (
-              <dl class="kv" data-testid="device">
-                <dt>CPU</dt><dd>{sys.cpu} ({sys.cpu_threads} threads)</dd>
-                <dt>Memory</dt><dd>{bytes(sys.memory_total_bytes)}{sys.memory_available_bytes != null && <span class="muted"> ({bytes(sys.memory_available_bytes)} free)</span>}</dd>
-                <dt>GPU</dt><dd>{gpu ? `${gpu.name} (${bytes(gpu.memory_bytes)})` : 'none found: training runs on the CPU'}</dd>
-                <dt>Data</dt><dd class="mono small">{sys.data_dir}</dd>
-                <dt>Version</dt><dd>{sys.version}</dd>
-              </dl>
-            )}
+            {!sys ? <Spinner /> : <Device sys={sys} />}
+          </section>
+          <section class="card" aria-labelledby="alerts-title">
+            <h2 id="alerts-title">Recent alerts</h2>
+            {alerts.length === 0 ? <p class="muted" style={{ margin: 0 }}>No alerts. Jobs are watched for NaN values, loss spikes, divergence, plateaus, memory pressure and slowdowns.</p>
+              : <AlertList alerts={alerts} job compact testid="recent-alerts" />}
           </section>
           <section class="card" aria-labelledby="recent-title">
             <div class="row between"><h2 id="recent-title">Recent jobs</h2><a href="#/history">All jobs</a></div>

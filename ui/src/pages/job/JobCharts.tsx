@@ -1,12 +1,15 @@
-// The job's curves: loss (with eval loss and a smoothing toggle), learning rate, grad norm,
-// tokens per second and memory, all on the step axis.
+// The job's curves: loss (with eval loss and a smoothing toggle) with the telemetry panel
+// (`side`) beside it, then learning rate, grad norm and tokens per second on the step axis.
+// Memory lives in the telemetry panel (over time, against the limit).
+import type { ComponentChildren } from 'preact';
 import { useMemo, useState } from 'preact/hooks';
 import type { MetricPoint } from '../../api';
 import { Chart, chartColors } from '../../components/Chart';
-import { bytes } from '../../lib/format';
 import { ema } from '../../lib/smooth';
 
-export function JobCharts({ points, evals }: { points: MetricPoint[]; evals: { step: number; loss: number }[] }) {
+export function JobCharts({ points, evals, side, children }: {
+  points: MetricPoint[]; evals: { step: number; loss: number }[]; side?: ComponentChildren; children?: ComponentChildren;
+}) {
   const [smooth, setSmooth] = useState(false);
   const colors = chartColors();
   const steps = useMemo(() => points.map((p) => p.step), [points]);
@@ -22,24 +25,26 @@ export function JobCharts({ points, evals }: { points: MetricPoint[]; evals: { s
     : [{ label: 'loss', color: colors[0] }, { label: 'eval loss', color: colors[1], points: true }];
   return (
     <div class="stack">
-      <section class="card chart-card" data-testid="loss-card" data-evals={evals.length}>
-        <h3>
-          <span>Loss</span>
-          <label class="row small" style={{ fontWeight: 400 }}>
-            <input type="checkbox" checked={smooth} onChange={(e) => setSmooth((e.target as HTMLInputElement).checked)} /> Smooth
-          </label>
-        </h3>
-        <Chart testid="loss-chart" height={260} series={lossSeries} data={loss} />
-      </section>
-      <div class="grid two">
+      <div class="grid monitor">
+        <section class="card chart-card" data-testid="loss-card" data-evals={evals.length}>
+          <h3>
+            <span>Loss</span>
+            <label class="row small" style={{ fontWeight: 400 }}>
+              <input type="checkbox" checked={smooth} onChange={(e) => setSmooth((e.target as HTMLInputElement).checked)} /> Smooth
+            </label>
+          </h3>
+          <Chart testid="loss-chart" height={260} series={lossSeries} data={loss} />
+        </section>
+        {side}
+      </div>
+      {children}
+      <div class="grid three">
         <section class="card chart-card"><h3>Learning rate</h3>
-          <Chart testid="lr-chart" height={150} series={[{ label: 'lr', color: colors[2], fmt: (v) => v.toExponential(2) }]} data={useMemo(() => col((p) => p.lr), [points])} /></section>
+          <Chart testid="lr-chart" height={150} yFmt={(v) => (v === 0 ? '0' : v.toExponential(1))} series={[{ label: 'lr', color: colors[2], fmt: (v) => v.toExponential(2) }]} data={useMemo(() => col((p) => p.lr), [points])} /></section>
         <section class="card chart-card"><h3>Gradient norm</h3>
           <Chart height={150} series={[{ label: 'grad norm', color: colors[3] }]} data={useMemo(() => col((p) => p.grad_norm), [points])} /></section>
         <section class="card chart-card"><h3>Tokens per second</h3>
           <Chart height={150} series={[{ label: 'tokens/s', color: colors[0] }]} data={useMemo(() => col((p) => p.tokens_per_s), [points])} /></section>
-        <section class="card chart-card"><h3>Memory</h3>
-          <Chart height={150} series={[{ label: 'memory', color: colors[1], fmt: (v) => bytes(v) }]} data={useMemo(() => col((p) => p.mem_bytes), [points])} /></section>
       </div>
     </div>
   );

@@ -1,18 +1,21 @@
-// Job detail: live curves, progress, ETA, controls (pause / resume / cancel), output folder,
-// adapter download, log tail and checkpoints. Reloading draws the stored history at once and
-// follows on from its last step.
+// Job detail: live curves with the machine's telemetry beside them, alerts, progress, ETA,
+// controls (pause / resume / cancel), output folder, report, metric export, adapter download,
+// log tail and checkpoints. Reloading draws the stored history at once and follows on from it.
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { api, type JobDetail } from '../../api';
+import { AlertList } from '../../components/Alerts';
 import { Badge, ErrorNote, Notice, ProgressBar, Spinner, Stat } from '../../components/ui';
+import { isDesktop, openInBrowser } from '../../lib/desktop';
 import { baseName, bytes, duration, num, when } from '../../lib/format';
 import { useLiveJob } from '../useLiveJob';
 import { Checkpoints } from './Checkpoints';
 import { JobCharts } from './JobCharts';
+import { TelemetryPanel } from './Telemetry';
 
 const ACTIVE = new Set(['pending', 'running']);
 
 export function JobPage({ id }: { id: string }) {
-  const live = useLiveJob(id, { logs: true });
+  const live = useLiveJob(id, { logs: true, monitor: true });
   const [job, setJob] = useState<JobDetail | null>(null);
   const [error, setError] = useState<unknown>(null);
   const [actionError, setActionError] = useState<unknown>(null);
@@ -44,6 +47,15 @@ export function JobPage({ id }: { id: string }) {
   const running = status === 'running';
   const resumable = ['paused', 'interrupted', 'failed', 'cancelled'].includes(status);
   const hasAdapter = status === 'completed' || !!job.published_adapter;
+  const lastSample = live.telemetry[live.telemetry.length - 1];
+  const memNow = last?.mem_bytes ?? (running ? lastSample?.process_rss_bytes : undefined);
+  // The desktop app has no tabs: the report opens in the system's browser.
+  const openReport = (e: MouseEvent) => {
+    if (!isDesktop()) return;
+    e.preventDefault();
+    openInBrowser(api.jobs.reportPath(id)).catch(setActionError);
+  };
+  const alertsNewestFirst = [...live.alerts].reverse();
 
   return (
     <div>
@@ -60,6 +72,9 @@ export function JobPage({ id }: { id: string }) {
           {resumable && <button type="button" onClick={() => act('resume', () => api.jobs.resume(id))} disabled={!!busy}>Resume</button>}
           {ACTIVE.has(status) && <button type="button" class="danger" onClick={() => act('cancel', () => api.jobs.cancel(id))} disabled={!!busy}>{busy === 'cancel' ? 'Cancelling…' : 'Cancel'}</button>}
           <button type="button" onClick={() => act('open', async () => setOpened((await api.jobs.openFolder(id)).path))} disabled={!!busy}>Open output folder</button>
+          <a class="button" href={api.jobs.reportUrl(id)} target="_blank" rel="noopener" onClick={openReport}
+            title="Curves, setup, hardware and alerts as a page to share">Report</a>
+          <a class="button" href={api.jobs.metricsExportUrl(id, 'csv')} download title="Every step's metrics as CSV">Export metrics</a>
           {hasAdapter ? <a class="button" href={api.jobs.adapterUrl(id)} download>Download adapter</a>
             : <button type="button" disabled title="Written when the job completes">Download adapter</button>}
         </div>
@@ -79,24 +94,39 @@ export function JobPage({ id }: { id: string }) {
           <Stat label="Tokens/s" value={num(last?.tokens_per_s ?? job.tokens_per_s, 3)} />
           <Stat label="Time left" value={running ? duration(live.etaS ?? job.eta_s) : '—'} />
           <Stat label="Elapsed" value={duration(last?.elapsed_s ?? job.elapsed_s)} />
-          <Stat label="Memory" value={bytes(last?.mem_bytes)} />
+          <Stat label="Memory" value={bytes(memNow)} />
         </div>
       </section>
 
-      <div style={{ marginTop: 16 }}><JobCharts points={live.points} evals={live.evals} /></div>
-
-      <div class="grid two" style={{ marginTop: 16 }}>
-        <section class="card" aria-labelledby="log-title">
+      <div style={{ marginTop: 16 }}>
+        <JobCharts points={live.points} evals={live.evals}
+          side={<TelemetryPanel samples={live.telemetry} points={live.points} live={running} />}>
+          <div class="grid two">
+            <section class="card" aria-labelledby="alerts-title" data-testid="alerts-card">
+              <h2 id="alerts-title" class="row between">
+                <span>Alerts</span>
+                {live.alerts.length > 0 && <span class="badge neutral">{live.alerts.length}</span>}
+              </h2>
+              {live.alerts.length === 0
+                ? <p class="muted small" style={{ margin: 0 }}>None. The job is watched for NaN or exploding values, loss spikes, divergence, plateaus, memory pressure and slowdowns.</p>
+                : <div class="alerts-scroll"><AlertList alerts={alertsNewestFirst} testid="alerts" /></div>}
+            </section>
+            <section class="card" aria-labelledby="log-title">
           <h2 id="log-title">Log</h2>
-          <pre class="log" ref={logBox} tabIndex={0} aria-label="Job log" data-testid="log">
-            {live.logs.length === 0 ? <span class="muted">No log lines yet.</span> : live.logs.map((l) => (
-              <div key={l.id} class={l.level}>{new Date(l.ts).toLocaleTimeString()} {l.message}</div>
-            ))}
-          </pre>
-        </section>
+              <pre class="log" ref={logBox} tabIndex={0} aria-label="Job log" data-testid="log">
+                {live.logs.length === 0 ? <span class="muted">No log lines yet.</span> : live.logs.map((l) => (
+                  <div key={l.id} class={l.level}>{new Date(l.ts).toLocaleTimeString()} {l.message}</div>
+                ))}
+              </pre>
+            </section>
+          </div>
+        </JobCharts>
+      </div>
+
+      <div class="stack" style={{ marginTop: 16 }}>
         <section class="card" aria-labelledby="setup-title">
           <h2 id="setup-title">Setup</h2>
-          <dl class="kv small">
+          <dl class="kv two-col small">
             <dt>Model</dt><dd class="mono">{job.model_path}</dd>
             <dt>Dataset</dt><dd class="mono">{job.dataset_path}</dd>
             <dt>Output</dt><dd class="mono">{job.output_dir}</dd>
@@ -108,8 +138,8 @@ export function JobPage({ id }: { id: string }) {
             <dt>Attempts</dt><dd>{job.attempts.length}{job.restarts ? ` (${job.restarts} restarts)` : ''}</dd>
           </dl>
         </section>
+        <Checkpoints jobId={id} version={live.checkpointsVersion} canRestore={!ACTIVE.has(status)} />
       </div>
-      <div style={{ marginTop: 16 }}><Checkpoints jobId={id} version={live.checkpointsVersion} canRestore={!ACTIVE.has(status)} /></div>
     </div>
   );
 }
