@@ -32,6 +32,9 @@ enum Command {
     Serve(commands::serve::Args),
     /// Run one job for the studio (NDJSON events on stdout); started by `serve`.
     Worker(commands::worker::Args),
+    /// Write a shareable report of a studio job: charts (PNG, SVG), summary (Markdown, HTML),
+    /// metric history (CSV, MLflow JSON).
+    Report(commands::report::Args),
     /// Set up the demo (SmolLM2-135M learns to answer in JSON) and serve the studio on it.
     Demo(commands::demo::Args),
 }
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Merge(a) => commands::merge::run(a),
         Command::Serve(a) => commands::serve::run(a),
         Command::Worker(a) => commands::worker::run(a),
+        Command::Report(a) => commands::report::run(a),
         Command::Demo(a) => commands::demo::run(a),
     });
     let result = match run.map(|h| h.join()) {

@@ -4,6 +4,7 @@ pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod merge;
+pub mod report;
 pub mod serve;
 pub mod train;
 pub mod worker;

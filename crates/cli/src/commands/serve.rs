@@ -39,7 +39,7 @@ pub struct Args {
     max_upload_mib: u64,
 }
 
-fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("FINETUNE_STUDIO_HOME") {
         return d.into();
     }

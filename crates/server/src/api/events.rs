@@ -8,7 +8,9 @@
 //! status (completed, failed, cancelled).
 //!
 //! Event names: `step` (id = step; data = a metric point plus `total_steps`, `eta_s`), `eval`,
-//! `checkpoint`, `log`, `alert`, `started`, `finished`, `failed`, `status`.
+//! `checkpoint`, `log`, `alert`, `telemetry`, `started`, `finished`, `failed`, `status`. Only
+//! steps are replayed; alerts and telemetry samples before the stream opened are read from
+//! `/jobs/{id}/alerts` and `/jobs/{id}/telemetry`.
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
@@ -45,7 +47,7 @@ pub struct EventsQuery {
 #[utoipa::path(get, path = "/jobs/{id}/events", tag = "monitoring",
     params(("id" = String, Path, description = "Job id"), EventsQuery),
     responses(
-        (status = 200, description = "text/event-stream of step, eval, checkpoint, log, alert, started, finished, failed and status events", content_type = "text/event-stream"),
+        (status = 200, description = "text/event-stream of step, eval, checkpoint, log, alert, telemetry, started, finished, failed and status events", content_type = "text/event-stream"),
         (status = 404, body = ErrorBody),
     ))]
 async fn job_events(

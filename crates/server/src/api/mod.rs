@@ -8,6 +8,7 @@ pub mod demo;
 pub mod events;
 pub mod jobs;
 pub mod models;
+pub mod monitor;
 pub mod outputs;
 pub mod system;
 
@@ -28,7 +29,7 @@ pub const PREFIX: &str = "/api/v1/fine-tuning";
     ),
     tags(
         (name = "jobs", description = "Create, list, inspect and control fine-tuning jobs"),
-        (name = "monitoring", description = "Progress, metrics, logs and live events of a job"),
+        (name = "monitoring", description = "Progress, metrics, logs, telemetry, alerts, reports and live events of a job"),
         (name = "models", description = "Models to fine-tune and their memory estimates"),
         (name = "configs", description = "Config templates (presets) and validation"),
         (name = "checkpoints", description = "Checkpoints of a job: restore and deploy"),
@@ -44,6 +45,7 @@ pub fn routes(max_upload_bytes: u64) -> (Router<AppState>, OpenApiDoc) {
     let api = OpenApiRouter::new()
         .merge(jobs::router())
         .merge(events::router())
+        .merge(monitor::router())
         .merge(checkpoints::router())
         .merge(models::router())
         .merge(configs::router())

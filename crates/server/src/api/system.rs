@@ -1,14 +1,17 @@
 //! `GET /system`: what the dashboard shows about this machine (CPU, memory, GPUs found by
 //! `nvidia-smi`), the studio's version and data dir, and whether this is a first run (no job
-//! yet), so the UI can offer the demo. Probing the GPU runs a process, so it is done once.
+//! yet), so the UI can offer the demo. Probing the GPU runs a process, so it is done once; a live
+//! telemetry sample (memory, CPU, NVML's GPU readings) is taken on every call for the device panel.
 
+use crate::api::monitor::TelemetrySampleView;
 use crate::error::ApiResult;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use finetune_jobs::JobFilter;
+use finetune_monitor::telemetry::Sampler;
 use serde::Serialize;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -39,6 +42,18 @@ pub struct SystemInfo {
     pub local: bool,
     /// No job has ever been created: the UI offers the demo.
     pub first_run: bool,
+    /// A fresh sample of the machine (memory, CPU use) and its GPUs through NVML; `gpu_status`
+    /// says why GPU readings are missing.
+    pub telemetry: Option<TelemetrySampleView>,
+}
+
+/// Samples the machine for the dashboard; NVML is loaded once and CPU use needs the previous
+/// sample, so one sampler lives as long as the studio.
+fn sample_machine() -> Option<TelemetrySampleView> {
+    static SAMPLER: OnceLock<Mutex<Sampler>> = OnceLock::new();
+    let sampler = SAMPLER.get_or_init(|| Mutex::new(Sampler::new()));
+    let sample = sampler.lock().unwrap_or_else(|e| e.into_inner()).sample(0);
+    TelemetrySampleView::from_json(serde_json::to_value(sample).ok()?)
 }
 
 fn meminfo(key: &str) -> Option<u64> {
@@ -94,7 +109,8 @@ fn gpus() -> Vec<GpuInfo> {
 #[utoipa::path(get, path = "/system", tag = "system", responses((status = 200, body = SystemInfo)))]
 async fn system_info(State(st): State<AppState>) -> ApiResult<Json<SystemInfo>> {
     let (_, total) = st.store().list_jobs(&JobFilter { limit: 1, ..Default::default() })?;
-    let gpus = tokio::task::spawn_blocking(gpus).await.unwrap_or_default();
+    let (gpus, telemetry) =
+        tokio::task::spawn_blocking(|| (gpus(), sample_machine())).await.unwrap_or_default();
     Ok(Json(SystemInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         cpu: cpu_model(),
@@ -105,6 +121,7 @@ async fn system_info(State(st): State<AppState>) -> ApiResult<Json<SystemInfo>> 
         data_dir: st.cfg.data_dir.to_string_lossy().into_owned(),
         local: st.cfg.is_loopback(),
         first_run: total == 0,
+        telemetry,
     }))
 }
 
