@@ -77,6 +77,7 @@ fn panel<DB: DrawingBackend>(
     steps: Range<f64>,
     series: &[(&str, RGBAColor, u32, &[(u64, f64)])],
     from_zero: bool,
+    y_label: &dyn Fn(&f64) -> String,
 ) -> Plot<DB> {
     let y = range_of(series.iter().map(|s| s.3), from_zero);
     let mut chart = ChartBuilder::on(area)
@@ -92,9 +93,8 @@ fn panel<DB: DrawingBackend>(
         .label_style((FONT, 13))
         .axis_desc_style((FONT, 14))
         .light_line_style(RGBColor(235, 235, 235))
-        .y_label_formatter(&|v| {
-            if v.abs() < 1e-2 && *v != 0.0 { format!("{v:.1e}") } else { format!("{v:.3}") }
-        })
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(y_label)
         .draw()?;
     let mut labelled = false;
     for (label, color, width, data) in series {
@@ -152,9 +152,12 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, run: &RunRecord) -> Pl
             ("eval", EVAL.to_rgba(), 2, &evals),
         ],
         false,
+        &|v| format!("{v:.3}"),
     )?;
-    panel(&panels[1], "learning rate", "lr", steps.clone(), &[("", LR.to_rgba(), 2, &lr)], true)?;
-    panel(&panels[2], mem_title, "GiB", steps, &[("", MEMORY.to_rgba(), 2, &mem)], true)?;
+    let lr_label = |v: &f64| if *v == 0.0 { "0".to_string() } else { format!("{v:.1e}") };
+    panel(&panels[1], "learning rate", "lr", steps.clone(), &[("", LR.to_rgba(), 2, &lr)], true, &lr_label)?;
+    let gib_label = |v: &f64| format!("{v:.3}");
+    panel(&panels[2], mem_title, "GiB", steps, &[("", MEMORY.to_rgba(), 2, &mem)], true, &gib_label)?;
     root.present()
 }
 
