@@ -18,7 +18,7 @@ step() { echo; echo "== $* (+$(( $(date +%s) - start ))s)"; }
 
 step "system packages"
 apt_install build-essential pkg-config curl ca-certificates \
-  libwebkit2gtk-4.1-dev webkit2gtk-driver xvfb xauth chromium python3 python3-venv
+  libwebkit2gtk-4.1-dev webkit2gtk-driver xvfb xauth chromium python3 python3-venv python3-pip
 need_rust
 need_node
 

