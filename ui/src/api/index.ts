@@ -17,7 +17,7 @@ export type Estimate = S['Estimate'];
 export type DatasetView = S['DatasetView'];
 export type Preset = Omit<S['PresetView'], 'config'> & { config: TrainConfig };
 export type FieldError = S['FieldError'];
-export type SystemInfo = S['SystemInfo'] & { telemetry?: TelemetrySample | null };
+export type SystemInfo = S['SystemInfo'];
 export type DemoSetup = S['DemoSetup'];
 export type Progress = S['Progress'];
 export type ConfigValidation = Omit<S['ConfigValidation'], 'config'> & { config?: TrainConfig | null };
@@ -28,21 +28,13 @@ export type PreviewRow = { line: number; text: string; tokens: PreviewToken[]; t
 export type DataReport = { format?: string | null; rows: number; examples: number; train_examples: number; eval_examples: number; truncated: number; skipped: number; total_tokens: number };
 export type DatasetDetail = Omit<S['DatasetDetail'], 'preview' | 'report'> & { preview: PreviewRow[]; report?: DataReport | null };
 /** One GPU as NVML reports it; every reading may be missing (the driver does not report it). */
-export type GpuTelemetry = {
-  index: number; name: string; in_use: boolean;
-  utilization_percent?: number | null; memory_used_bytes?: number | null; memory_total_bytes?: number | null;
-  temperature_c?: number | null; power_w?: number | null; power_limit_w?: number | null; process_memory_bytes?: number | null;
-};
-/** A sample of the machine (and the training process) while a job runs, or the studio's own. */
-export type TelemetrySample = {
-  ts_ms: number; step: number; process_rss_bytes: number; process_cpu_percent?: number | null;
-  system_memory_used_bytes: number; system_memory_total_bytes: number; system_cpu_percent?: number | null;
-  /** `ok`, or `unavailable: <why>`. */
-  gpu_status: string; gpus: GpuTelemetry[];
-};
-/** A warning raised for a job: by the worker's anomaly rules or by the studio's decisions. */
-export type Alert = { ts_ms: number; step: number; kind: string; message: string; suggestion: string; source: string };
-export type RecentAlert = Alert & { job_id: string; job_name: string };
+export type GpuTelemetry = S['GpuTelemetryView'];
+/** A sample of the machine (and the training process) while a job runs, or the studio's own;
+ *  `gpu_status` is `ok` or `unavailable: <why>`. */
+export type TelemetrySample = S['TelemetrySampleView'];
+/** A warning raised for a job: by the worker's anomaly rules or by the studio's decisions
+ *  (`job_id` and `job_name` tell whose, on the dashboard). */
+export type Alert = S['AlertView'];
 /** A training config: sections (model, method, lora, quant, data, train, checkpoint) of keys. */
 export type TrainConfig = Record<string, Record<string, unknown>>;
 
@@ -132,19 +124,17 @@ export const api = {
     reportPath: (id: string, format: 'html' | 'md' | 'png' | 'svg' = 'html') => `${PREFIX}/jobs/${id}/report?format=${format}`,
     /** The metric history as a download (CSV or JSON). */
     metricsExportUrl: (id: string, format: 'csv' | 'json' = 'csv') => directUrl(`/jobs/${id}/metrics/export`, { format }),
-    telemetry: (id: string, afterTsMs = 0) => get<{ samples: TelemetrySample[] }>(`/jobs/${id}/telemetry` + q({ after_ts_ms: afterTsMs })),
-    alerts: (id: string) => get<{ alerts: Alert[] }>(`/jobs/${id}/alerts`),
+    telemetry: (id: string, afterTsMs = 0, limit = 20000) => get<S['TelemetryPage']>(`/jobs/${id}/telemetry` + q({ after_ts_ms: afterTsMs, limit })),
+    alerts: (id: string) => get<S['AlertList']>(`/jobs/${id}/alerts`),
     /** Every telemetry sample of a job after `afterTsMs`, oldest first, paging through long histories. */
     async allTelemetry(id: string, afterTsMs = 0): Promise<TelemetrySample[]> {
       const out: TelemetrySample[] = [];
-      for (let page = 0; page < 100; page++) {
+      for (;;) {
         const { samples } = await api.jobs.telemetry(id, afterTsMs);
-        const fresh = samples.filter((s) => s.ts_ms > afterTsMs);
-        if (!fresh.length) break;
-        out.push(...fresh);
-        afterTsMs = fresh[fresh.length - 1].ts_ms;
+        out.push(...samples);
+        if (samples.length < 20000) return out;
+        afterTsMs = samples[samples.length - 1].ts_ms;
       }
-      return out;
     },
     /** Every metric point of a job, paging through long histories. */
     async allMetrics(id: string, afterStep = 0): Promise<MetricPoint[]> {
@@ -159,7 +149,7 @@ export const api = {
   },
   alerts: {
     /** The newest alerts across jobs, newest first. */
-    recent: (limit = 10) => get<{ alerts: RecentAlert[] }>('/alerts' + q({ limit })),
+    recent: (limit = 10) => get<S['AlertList']>('/alerts' + q({ limit })),
   },
   checkpoints: {
     deploy: (checkpointId: string) => post<JobView>(`/checkpoints/${checkpointId}/deploy`),
@@ -200,7 +190,7 @@ export type LiveHandlers = {
   started?: (s: { start_step?: number; total_steps?: number }) => void;
   log?: (l: { level?: string; message: string }) => void;
   checkpoint?: (c: { step: number }) => void;
-  /** A telemetry sample (history first, then live; the caller drops those it already has). */
+  /** A live telemetry sample (those stored before the stream opened are read over REST). */
   telemetry?: (t: TelemetrySample) => void;
   alert?: (a: { step: number; kind: string; message: string; suggestion: string }) => void;
   /** The connection dropped and is being retried (false when back). */

@@ -4,6 +4,23 @@
  */
 
 export interface paths {
+    "/api/v1/fine-tuning/alerts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The newest alerts of every job, newest first (the dashboard). */
+        get: operations["recent_alerts"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/fine-tuning/checkpoints/{checkpoint_id}": {
         parameters: {
             query?: never;
@@ -244,6 +261,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/fine-tuning/jobs/{id}/alerts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The job's alerts, oldest first. */
+        get: operations["job_alerts"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/fine-tuning/jobs/{id}/cancel": {
         parameters: {
             query?: never;
@@ -336,6 +370,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/fine-tuning/jobs/{id}/metrics/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The job's metric history as a file: CSV, or MLflow's `{"metrics": [{key, value, timestamp, step}]}`. */
+        get: operations["export_metrics"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/fine-tuning/jobs/{id}/open-folder": {
         parameters: {
             query?: never;
@@ -387,6 +438,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/fine-tuning/jobs/{id}/report": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A shareable report of the job: the chart of loss, eval loss, learning rate and memory, and a
+         *     summary (config, hardware, duration, tokens, losses, alerts).
+         */
+        get: operations["job_report"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/fine-tuning/jobs/{id}/resume": {
         parameters: {
             query?: never;
@@ -398,6 +469,23 @@ export interface paths {
         put?: never;
         /** Resume a paused, interrupted, failed or cancelled job from its newest checkpoint. */
         post: operations["resume_job"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/fine-tuning/jobs/{id}/telemetry": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The job's telemetry samples, oldest first. */
+        get: operations["job_telemetry"];
+        put?: never;
+        post?: never;
         delete?: never;
         options?: never;
         head?: never;
@@ -460,6 +548,33 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        AlertList: {
+            alerts: components["schemas"]["AlertView"][];
+        };
+        /** @description An anomaly the engine found, or a decision the studio took for a job. */
+        AlertView: {
+            /** Format: int64 */
+            id: number;
+            job_id: string;
+            job_name?: string | null;
+            /**
+             * @description `nan_loss`, `nan_gradient`, `loss_spike`, `recovered`, `divergence`, `plateau`,
+             *     `exploding_gradient`, `memory_pressure`, `throughput_drop`, or a studio decision
+             *     (`restart`, `oom_restart`, ...).
+             */
+            kind: string;
+            message: string;
+            /** @description `worker` (the engine) or `studio` (the supervisor). */
+            source: string;
+            /** Format: int64 */
+            step: number;
+            suggestion: string;
+            /**
+             * Format: int64
+             * @description Unix ms.
+             */
+            ts_ms: number;
+        };
         /** @description One worker run of a job. */
         AttemptView: {
             ended_at?: string | null;
@@ -610,6 +725,57 @@ export interface components {
             /** Format: int64 */
             memory_bytes?: number | null;
             name: string;
+        };
+        /** @description One GPU in a telemetry sample; every reading is null when the driver does not report it. */
+        GpuTelemetryView: {
+            /**
+             * @description Whether the training process holds memory on it.
+             * @default false
+             */
+            in_use: boolean;
+            /**
+             * Format: int32
+             * @default 0
+             */
+            index: number;
+            /**
+             * Format: int64
+             * @default null
+             */
+            memory_total_bytes: number | null;
+            /**
+             * Format: int64
+             * @default null
+             */
+            memory_used_bytes: number | null;
+            /** @default  */
+            name: string;
+            /**
+             * Format: double
+             * @default null
+             */
+            power_limit_w: number | null;
+            /**
+             * Format: double
+             * @default null
+             */
+            power_w: number | null;
+            /**
+             * Format: int64
+             * @description Memory the training process holds on this GPU.
+             * @default null
+             */
+            process_memory_bytes: number | null;
+            /**
+             * Format: double
+             * @default null
+             */
+            temperature_c: number | null;
+            /**
+             * Format: double
+             * @default null
+             */
+            utilization_percent: number | null;
         };
         /** @description A job with its config and attempts. */
         JobDetail: components["schemas"]["JobView"] & {
@@ -893,7 +1059,59 @@ export interface components {
             memory_available_bytes?: number | null;
             /** Format: int64 */
             memory_total_bytes?: number | null;
+            telemetry?: null | components["schemas"]["TelemetrySampleView"];
             version: string;
+        };
+        TelemetryPage: {
+            samples: components["schemas"]["TelemetrySampleView"][];
+        };
+        /** @description A sample of the training process, the machine and its GPUs (also the SSE `telemetry` event). */
+        TelemetrySampleView: {
+            /**
+             * @description `ok`, or `unavailable: <why>` (no NVIDIA driver, no GPU).
+             * @default
+             */
+            gpu_status: string;
+            /** @default [] */
+            gpus: components["schemas"]["GpuTelemetryView"][];
+            /**
+             * Format: double
+             * @description Percent of one core.
+             * @default null
+             */
+            process_cpu_percent: number | null;
+            /**
+             * Format: int64
+             * @default 0
+             */
+            process_rss_bytes: number;
+            /**
+             * Format: int64
+             * @description The newest optimizer step when the sample was taken.
+             * @default 0
+             */
+            step: number;
+            /**
+             * Format: double
+             * @default null
+             */
+            system_cpu_percent: number | null;
+            /**
+             * Format: int64
+             * @default 0
+             */
+            system_memory_total_bytes: number;
+            /**
+             * Format: int64
+             * @default 0
+             */
+            system_memory_used_bytes: number;
+            /**
+             * Format: int64
+             * @description Unix ms.
+             * @default 0
+             */
+            ts_ms: number;
         };
         TemplateList: {
             templates: components["schemas"]["PresetView"][];
@@ -937,6 +1155,28 @@ export interface components {
 }
 export type $defs = Record<string, never>;
 export interface operations {
+    recent_alerts: {
+        parameters: {
+            query?: {
+                /** @description 1 to 500 (default 20). */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AlertList"];
+                };
+            };
+        };
+    };
     get_checkpoint: {
         parameters: {
             query?: never;
@@ -1532,6 +1772,36 @@ export interface operations {
             };
         };
     };
+    job_alerts: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Job id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AlertList"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     cancel_job: {
         parameters: {
             query?: never;
@@ -1653,7 +1923,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description text/event-stream of step, eval, checkpoint, log, alert, started, finished, failed and status events */
+            /** @description text/event-stream of step, eval, checkpoint, log, alert, telemetry, started, finished, failed and status events */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -1732,6 +2002,46 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["MetricPage"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    export_metrics: {
+        parameters: {
+            query?: {
+                /** @description `csv` (default: one row per step) or `json` (MLflow's metric list). */
+                format?: string;
+            };
+            header?: never;
+            path: {
+                /** @description Job id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description text/csv or application/json */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             404: {
@@ -1851,6 +2161,48 @@ export interface operations {
             };
         };
     };
+    job_report: {
+        parameters: {
+            query?: {
+                /** @description `html` (default), `md`, `png` or `svg`. */
+                format?: string;
+                /** @description Send as a file to save rather than to show. */
+                download?: boolean;
+            };
+            header?: never;
+            path: {
+                /** @description Job id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description text/html, text/markdown, image/png or image/svg+xml */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     resume_job: {
         parameters: {
             query?: never;
@@ -1880,6 +2232,41 @@ export interface operations {
                 };
             };
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    job_telemetry: {
+        parameters: {
+            query?: {
+                /** @description Only samples taken after this time (Unix ms; 0: from the start). */
+                after_ts_ms?: number;
+                /** @description 1 to 100000 (default 20000). */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                /** @description Job id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TelemetryPage"];
+                };
+            };
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -1,18 +1,17 @@
 // Alerts as a list: a severity-coloured label for the kind, the message, what to do about it,
 // the step and the time; on the dashboard also the job it belongs to.
-import type { Alert, RecentAlert } from '../api';
+import type { Alert } from '../api';
 import { alertLabel, alertSeverity } from '../lib/alerts';
 import { ago, clock } from '../lib/format';
 
-export function AlertItem({ alert, job, compact }: { alert: Alert | RecentAlert; job?: boolean; compact?: boolean }) {
+export function AlertItem({ alert, job, compact }: { alert: Alert; job?: boolean; compact?: boolean }) {
   const severity = alertSeverity(alert.kind);
-  const r = alert as RecentAlert;
   return (
     <li class={`alert ${severity}`} data-testid="alert" data-kind={alert.kind} title={compact ? alert.suggestion : undefined}>
       <div class="row between">
         <span class="row">
           <span class={`badge sev-${severity}`}>{alertLabel(alert.kind)}</span>
-          {job && r.job_id && <a href={`#/jobs/${r.job_id}`} class="small">{r.job_name || r.job_id}</a>}
+          {job && <a href={`#/jobs/${alert.job_id}`} class="small">{alert.job_name || alert.job_id}</a>}
         </span>
         <span class="muted small" title={new Date(alert.ts_ms).toLocaleString()}>
           step {alert.step} · {job ? ago(alert.ts_ms) : clock(alert.ts_ms)}{alert.source === 'studio' ? ' · studio' : ''}
@@ -25,10 +24,10 @@ export function AlertItem({ alert, job, compact }: { alert: Alert | RecentAlert;
 }
 
 /** `job`: name the job of each alert (the dashboard); `compact`: the suggestion only on hover. */
-export function AlertList({ alerts, job = false, compact = false, testid }: { alerts: (Alert | RecentAlert)[]; job?: boolean; compact?: boolean; testid?: string }) {
+export function AlertList({ alerts, job = false, compact = false, testid }: { alerts: Alert[]; job?: boolean; compact?: boolean; testid?: string }) {
   return (
     <ul class="alerts" data-testid={testid} data-count={alerts.length}>
-      {alerts.map((a, i) => <AlertItem key={`${a.ts_ms}-${a.kind}-${i}`} alert={a} job={job} compact={compact} />)}
+      {alerts.map((a, i) => <AlertItem key={a.id || `${a.ts_ms}-${a.kind}-${i}`} alert={a} job={job} compact={compact} />)}
     </ul>
   );
 }

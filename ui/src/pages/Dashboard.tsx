@@ -2,7 +2,7 @@
 // running job with a live mini loss chart, the queue, recent alerts across jobs, recent jobs,
 // and on first run an offer to try the demo. Everything but the chart is re-read every 4 s.
 import { useEffect, useState } from 'preact/hooks';
-import { api, type JobView, type RecentAlert, type SystemInfo } from '../api';
+import { api, type JobView, type Alert, type SystemInfo } from '../api';
 import { AlertList } from '../components/Alerts';
 import { Chart, chartColors } from '../components/Chart';
 import { Badge, ErrorNote, Meter, ProgressBar, Spinner, Stat } from '../components/ui';
@@ -64,7 +64,7 @@ function RunningJob({ job }: { job: JobView }) {
 export function Dashboard() {
   const [sys, setSys] = useState<SystemInfo | null>(null);
   const [jobs, setJobs] = useState<JobView[] | null>(null);
-  const [alerts, setAlerts] = useState<RecentAlert[]>([]);
+  const [alerts, setAlerts] = useState<Alert[]>([]);
   const [error, setError] = useState<unknown>(null);
   const [demoBusy, setDemoBusy] = useState(false);
   const [demoError, setDemoError] = useState<unknown>(null);

@@ -1,8 +1,8 @@
 // A job's metric history followed live: loads every stored point first (so a reload draws the
 // whole curve at once), then follows the SSE stream from the last stored step, so no step is
 // missed or drawn twice. A resumed attempt that restarts from a checkpoint trims later points.
-// With `monitor`, the job's telemetry samples and alerts too: history over REST, then the live
-// ones from the same stream (samples it replays that are already drawn are dropped by time).
+// With `monitor`, the job's telemetry samples and alerts too: the live ones from the same stream,
+// and the stored ones over REST each time the stream (re)opens.
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { api, followJob, type Alert, type LogLine, type MetricPoint, type TelemetrySample } from '../api';
 
@@ -50,18 +50,50 @@ export function useLiveJob(id: string | null, opts: { logs?: boolean; monitor?: 
       } catch { /* shown by the stream's state */ }
     };
     // Alerts are few: on each live one the list is read again, so it has the stored time and
-    // source, and an alert the stream replays is not shown twice.
+    // source; if that fails the event itself is shown.
     const pullAlerts = async (live?: { step: number; kind: string; message: string; suggestion: string }) => {
       try {
         const { alerts } = await api.jobs.alerts(id);
-        push({ alerts });
+        if (!cancelled) push({ alerts });
       } catch {
-        if (live) push({ alerts: [...s.alerts, { ...live, ts_ms: Date.now(), source: 'worker' }] });
+        if (live) push({ alerts: [...s.alerts, { ...live, id: 0, job_id: id, ts_ms: Date.now(), source: 'worker' }] });
       }
+    };
+    // Telemetry: the stream sends only live samples, so each time it opens (it is subscribed by
+    // then) the stored samples after `historyTs` are read and merged in by time stamp: no gap
+    // between history and live, on the first load and after a reconnection alike.
+    let historyTs = 0;
+    let backfill: 'idle' | 'running' | 'failed' = 'idle';
+    const mergeSamples = (more: TelemetrySample[]) => {
+      if (!more.length) return;
+      const byTs = new Map(s.telemetry.map((t) => [t.ts_ms, t]));
+      for (const t of more) byTs.set(t.ts_ms, t);
+      push({ telemetry: [...byTs.values()].sort((a, b) => a.ts_ms - b.ts_ms) });
     };
     const addSample = (t: TelemetrySample) => {
       const lastTs = s.telemetry.length ? s.telemetry[s.telemetry.length - 1].ts_ms : -1;
       if (t.ts_ms > lastTs) push({ telemetry: [...s.telemetry, t] });
+      else mergeSamples([t]);
+    };
+    const catchUp = async () => {
+      backfill = 'running';
+      try {
+        const [more] = await Promise.all([api.jobs.allTelemetry(id, historyTs), pullAlerts()]);
+        if (cancelled) return;
+        mergeSamples(more);
+        if (more.length) historyTs = Math.max(historyTs, more[more.length - 1].ts_ms);
+        backfill = 'idle';
+      } catch {
+        backfill = 'failed';
+      }
+    };
+    const onConnection = (lost: boolean) => {
+      push({ reconnecting: lost });
+      if (!opts.monitor) return;
+      if (!lost) void catchUp();
+      // What was drawn so far has no gap (unless the last catch-up failed): the next one can
+      // start at its end.
+      else if (backfill === 'idle' && s.telemetry.length) historyTs = s.telemetry[s.telemetry.length - 1].ts_ms;
     };
     (async () => {
       try {
@@ -69,15 +101,6 @@ export function useLiveJob(id: string | null, opts: { logs?: boolean; monitor?: 
         if (cancelled) return;
         const evals = points.filter((p) => p.eval_loss != null).map((p) => ({ step: p.step, loss: p.eval_loss as number }));
         push({ points, evals });
-        if (opts.monitor) {
-          // Read after the metrics: the stream opened next replays whatever came in between.
-          const [telemetry, alerts] = await Promise.all([
-            api.jobs.allTelemetry(id).catch(() => [] as TelemetrySample[]),
-            api.jobs.alerts(id).then((r) => r.alerts, () => [] as Alert[]),
-          ]);
-          if (cancelled) return;
-          push({ telemetry, alerts });
-        }
         const last = points.length ? points[points.length - 1].step : 0;
         stop = followJob(id, last, {
           step: (p) => push({ points: [...s.points, p], totalSteps: p.total_steps ?? s.totalSteps, etaS: p.eta_s ?? s.etaS }),
@@ -97,7 +120,7 @@ export function useLiveJob(id: string | null, opts: { logs?: boolean; monitor?: 
             alertTimer = setTimeout(() => void pullAlerts(a), 300);
           },
           log: () => { if (opts.logs) void pullLogs(); },
-          connection: (lost) => push({ reconnecting: lost }),
+          connection: onConnection,
         });
         if (opts.logs) { void pullLogs(); logTimer = setInterval(pullLogs, 3000); }
       } catch (e) {

@@ -25,7 +25,7 @@ export function useNotifications() {
         const fresh = alerts.filter((a) => since !== null && a.ts_ms > since).reverse();
         since = Math.max(since ?? 0, ...alerts.map((a) => a.ts_ms));
         for (const a of fresh.slice(0, BURST)) {
-          void notify(`${a.job_name}: ${alertLabel(a.kind)}`, a.suggestion ? `${a.message}. ${a.suggestion}` : a.message);
+          void notify(`${a.job_name ?? a.job_id}: ${alertLabel(a.kind)}`, a.suggestion ? `${a.message}. ${a.suggestion}` : a.message);
         }
         if (fresh.length > BURST) void notify('More alerts', `${fresh.length - BURST} more alerts: see the dashboard.`);
         for (const j of jobs) {
