@@ -14,7 +14,7 @@ WORK=target/bench/lora-vs-full
 MODEL=$WORK/model
 DATA=$WORK/data.jsonl
 mkdir -p "$WORK"
-[ -f "$MODEL/model.safetensors" ] || "$PY" tools/bench/make_bench_model.py "$WORK" >/dev/null
+[ -f "$MODEL/model.safetensors" ] && [ -f "$DATA" ] || "$PY" tools/bench/make_bench_model.py "$WORK" >/dev/null
 cargo build -q --release -p finetune-cli
 BIN=target/release/finetune-studio
 
