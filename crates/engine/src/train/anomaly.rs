@@ -69,11 +69,14 @@ pub struct RuleConfig {
     /// Memory pressure: fraction of a GPU's memory, or of system memory when no GPU is used.
     pub gpu_memory_fraction: f64,
     pub system_memory_fraction: f64,
-    /// Throughput collapse: the median of the last `throughput_recent` steps below this fraction
-    /// of the median before them (over up to `throughput_window` steps).
+    /// Throughput collapse: the median of the recent steps below this fraction of the median
+    /// of up to `throughput_window` steps before them. The recent steps are at least
+    /// `throughput_recent` and span at least `throughput_min_seconds` of the run, so a second of
+    /// hiccups in a run of 20 ms steps (a checkpoint, a page-cache flush) is not a collapse.
     pub throughput_fraction: f64,
     pub throughput_recent: usize,
     pub throughput_window: usize,
+    pub throughput_min_seconds: f64,
 }
 
 impl Default for RuleConfig {
@@ -93,6 +96,7 @@ impl Default for RuleConfig {
             throughput_fraction: 0.4,
             throughput_recent: 5,
             throughput_window: 40,
+            throughput_min_seconds: 10.0,
         }
     }
 }
@@ -114,7 +118,8 @@ pub struct Detector {
     plateaued: bool,
     log_grads: VecDeque<f64>,
     last_grad_alert: Option<u64>,
-    throughput: VecDeque<f64>,
+    /// `(elapsed seconds, tokens/s)` of the newest steps.
+    throughput: VecDeque<(f64, f64)>,
     throughput_low: bool,
     gpu_memory_high: bool,
     system_memory_high: bool,
@@ -175,11 +180,11 @@ impl Detector {
                 self.throughput_low = false;
             }
             TrainEvent::Alert { kind, .. } if kind == "recovered" => self.reset_loss(),
-            TrainEvent::Step { step, total_steps, loss, grad_norm, tokens_per_s, .. } => {
+            TrainEvent::Step { step, total_steps, loss, grad_norm, tokens_per_s, elapsed_s, .. } => {
                 self.total_steps = (*total_steps).max(self.total_steps);
                 self.loss_rules(*step, *loss, &mut out);
                 self.grad_rule(*step, *grad_norm, &mut out);
-                self.throughput_rule(*step, *tokens_per_s, &mut out);
+                self.throughput_rule(*step, *elapsed_s, *tokens_per_s, &mut out);
             }
             TrainEvent::Telemetry(s) => self.memory_rule(s, &mut out),
             _ => {}
@@ -297,21 +302,28 @@ impl Detector {
         self.log_grads.push_back(lg);
     }
 
-    fn throughput_rule(&mut self, step: u64, tokens_per_s: f64, out: &mut Vec<Anomaly>) {
+    fn throughput_rule(&mut self, step: u64, elapsed_s: f64, tokens_per_s: f64, out: &mut Vec<Anomaly>) {
+        /// Steps kept: enough for the recent span of fast runs (10 s of 5 ms steps).
+        const KEEP: usize = 4096;
         if !(tokens_per_s.is_finite() && tokens_per_s > 0.0) {
             return;
         }
-        let recent = self.cfg.throughput_recent.max(1);
-        if self.throughput.len() == self.cfg.throughput_window.max(recent + 10) {
+        if self.throughput.len() == KEEP {
             self.throughput.pop_front();
         }
-        self.throughput.push_back(tokens_per_s);
+        self.throughput.push_back((elapsed_s, tokens_per_s));
         let n = self.throughput.len();
-        if n < recent + 10 {
+        // The recent window: the newest steps back to `throughput_min_seconds` before the last.
+        let min_recent = self.cfg.throughput_recent.max(1);
+        let Some(&(last_t, _)) = self.throughput.back() else { return };
+        let spanned = |i: usize| last_t - self.throughput[n - 1 - i].0 >= self.cfg.throughput_min_seconds;
+        let Some(recent) = (min_recent..n).find(|&r| spanned(r)) else { return };
+        if n - recent < 10 {
             return;
         }
-        let mut before: Vec<f64> = self.throughput.iter().take(n - recent).copied().collect();
-        let mut last: Vec<f64> = self.throughput.iter().skip(n - recent).copied().collect();
+        let first = (n - recent).saturating_sub(self.cfg.throughput_window.max(10));
+        let mut before: Vec<f64> = self.throughput.range(first..n - recent).map(|p| p.1).collect();
+        let mut last: Vec<f64> = self.throughput.range(n - recent..).map(|p| p.1).collect();
         let (base, now) = (median(&mut before), median(&mut last));
         if self.throughput_low && now > 0.7 * base {
             self.throughput_low = false;

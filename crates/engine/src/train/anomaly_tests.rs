@@ -246,3 +246,33 @@ fn the_alerting_sink_passes_events_then_their_alerts() {
         .collect();
     assert_eq!(names, vec!["telemetry", "telemetry", "alert"]);
 }
+
+#[test]
+fn a_second_of_hiccups_in_a_run_of_fast_steps_is_not_a_collapse() {
+    // 20 ms steps: a checkpoint or a busy neighbour slows 20 steps (0.4 s) to a fifth.
+    let mut d = Detector::default();
+    let fast = |i: u64, tps: f64| TrainEvent::Step {
+        step: i,
+        total_steps: 2000,
+        epoch: 0.0,
+        loss: 1.0,
+        lr: 1e-4,
+        grad_norm: 0.8,
+        tokens: 128,
+        tokens_per_s: tps,
+        elapsed_s: i as f64 * 0.02,
+        eta_s: 0.0,
+        mem: MemoryStats::default(),
+    };
+    let mut alerts = run(&mut d, (1..=600).map(|i| fast(i, 6400.0 + noise(5, i) * 300.0)));
+    alerts.extend(run(&mut d, (601..=620).map(|i| fast(i, 1300.0))));
+    alerts.extend(run(&mut d, (621..=900).map(|i| fast(i, 6400.0 + noise(6, i) * 300.0))));
+    // (The loss is flat here; only the throughput rule is under test.)
+    alerts.retain(|a| a.kind == THROUGHPUT_DROP);
+    assert!(alerts.is_empty(), "{alerts:#?}");
+    // Sustained for longer than the recent span (10 s = 500 steps), it is one.
+    alerts.extend(run(&mut d, (901..=1500).map(|i| fast(i, 1300.0))));
+    alerts.retain(|a| a.kind == THROUGHPUT_DROP);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert!((1150..=1410).contains(&alerts[0].step), "noticed at {}", alerts[0].step);
+}
