@@ -326,3 +326,29 @@ fn k_quant_gguf_computes_like_its_dequantized_weights() {
     let d = rel_diff(&a, &b);
     assert!(d < 1e-5, "k-quant GGUF logits differ from the dequantized model by {d}");
 }
+
+/// The gguf fuzz target's findings (fuzz/findings/gguf/make.py): tensor shapes whose element
+/// count or byte length overflows, a 4-billion-layer `block_count`, a hidden size whose
+/// parameter count overflows, a zero-dimensional embedding. Read the way the studio describes a
+/// model, each is an error naming the file and what is wrong, never a panic or a huge allocation.
+#[test]
+fn hostile_gguf_headers_are_errors_not_panics() {
+    let cases = [
+        ("overflow-dims.gguf", "too large"),
+        ("overflow-length.gguf", "too large"),
+        ("huge-block-count.gguf", "num_hidden_layers"),
+        ("huge-hidden.gguf", "hidden_size"),
+        ("scalar-embedding.gguf", "2 dimensions"),
+    ];
+    for (file, expect) in cases {
+        let path = fixtures().join("gguf/hostile").join(file);
+        let err = match ModelSource::open(&path) {
+            Err(e) => e.to_string(),
+            Ok(src) => match src.resolve() {
+                Err(e) => e.to_string(),
+                Ok((_, dims)) => panic!("{file} was accepted with {} parameters", dims.parameter_count()),
+            },
+        };
+        assert!(err.contains(file) && err.contains(expect), "{file}: {err}");
+    }
+}

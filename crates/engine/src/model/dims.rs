@@ -157,6 +157,21 @@ impl ModelDims {
         let max_positions = cfg
             .usize_any(&["max_position_embeddings", "n_positions", "max_seq_len", "seq_length"])?
             .unwrap_or(2048);
+        // Far above any released model: a corrupt or hostile config is an error naming the key,
+        // not a per-layer allocation of many GiB or an overflowing parameter count.
+        let bounds = [
+            ("num_hidden_layers", layers, 1 << 12),
+            ("hidden_size", hidden, 1 << 20),
+            ("num_attention_heads", heads, 1 << 14),
+            ("num_key_value_heads", kv_heads, 1 << 14),
+            ("head_dim", head_dim, 1 << 16),
+            ("intermediate_size", intermediate, 1 << 24),
+            ("vocab_size", vocab, 1 << 26),
+            ("max_position_embeddings", max_positions, 1 << 24),
+        ];
+        if let Some((key, v, max)) = bounds.into_iter().find(|(_, v, max)| v > max) {
+            return Err(cfg.error(key, format!("{v} is not a plausible size (at most {max})")));
+        }
         let tie_embeddings = cfg.bool_any(&["tie_word_embeddings"])?.unwrap_or(false);
         let eos_token_id = cfg.get("eos_token_id").and_then(|v| {
             v.as_u64()
@@ -257,15 +272,30 @@ impl ModelDims {
 
     /// Parameters of the whole model (embeddings counted once when tied); approximate for
     /// fused and expert layouts.
+    /// Counted in `u128` and saturated, so no config can overflow it.
     pub fn parameter_count(&self) -> usize {
-        let attn = self.hidden * self.head_dim * (2 * self.heads + 2 * self.kv_heads);
+        let [hidden, head_dim, heads, kv_heads, intermediate, vocab, layers] = [
+            self.hidden,
+            self.head_dim,
+            self.heads,
+            self.kv_heads,
+            self.intermediate,
+            self.vocab,
+            self.layers,
+        ]
+        .map(|v| v as u128);
+        let attn = hidden * head_dim * (2 * heads + 2 * kv_heads);
         let mlp = match &self.moe {
-            Some(m) => m.experts * 3 * self.hidden * m.expert_intermediate + m.experts * self.hidden,
-            None => 3 * self.hidden * self.intermediate,
+            Some(m) => {
+                let (experts, inter) = (m.experts as u128, m.expert_intermediate as u128);
+                experts * 3 * hidden * inter + experts * hidden
+            }
+            None => 3 * hidden * intermediate,
         };
-        let per_layer = attn + mlp + 2 * self.hidden;
-        let embed = self.vocab * self.hidden;
-        embed * if self.tie_embeddings { 1 } else { 2 } + self.layers * per_layer + self.hidden
+        let per_layer = attn + mlp + 2 * hidden;
+        let embed = vocab * hidden;
+        let total = embed * if self.tie_embeddings { 1 } else { 2 } + layers * per_layer + hidden;
+        usize::try_from(total).unwrap_or(usize::MAX)
     }
 }
 

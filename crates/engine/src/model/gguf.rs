@@ -94,7 +94,8 @@ impl GgufFile {
         let base = content.tensor_data_offset as usize;
         for (name, info) in &content.tensor_infos {
             let shape = info.shape.dims().to_vec();
-            let elems: usize = shape.iter().product();
+            let too_large = || EngineError::tensor(path, name, format!("shape {shape:?} is too large"));
+            let elems = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(too_large)?;
             let bs = info.ggml_dtype.block_size();
             if elems % bs != 0 {
                 return Err(EngineError::tensor(
@@ -103,7 +104,7 @@ impl GgufFile {
                     format!("{elems} elements are not whole {:?} blocks", info.ggml_dtype),
                 ));
             }
-            let len = elems / bs * info.ggml_dtype.type_size();
+            let len = (elems / bs).checked_mul(info.ggml_dtype.type_size()).ok_or_else(too_large)?;
             let start = base.saturating_add(info.offset as usize);
             if start.checked_add(len).is_none_or(|end| end > out.map.len()) {
                 return Err(EngineError::tensor(
@@ -209,7 +210,17 @@ impl GgufFile {
             .entries
             .get("model.embed_tokens.weight")
             .ok_or_else(|| EngineError::tensor(&self.path, "token_embd.weight", "missing from the file"))?;
-        let vocab = self.opt_usize_key("vocab_size")?.unwrap_or(embed.shape[0]);
+        let vocab = match (self.opt_usize_key("vocab_size")?, embed.shape.as_slice()) {
+            (Some(v), _) => v,
+            (None, [rows, _]) => *rows,
+            (None, other) => {
+                return Err(EngineError::tensor(
+                    &self.path,
+                    "token_embd.weight",
+                    format!("the embedding must have 2 dimensions, it has shape {other:?}"),
+                ));
+            }
+        };
         let mut cfg = json!({
             "architectures": [class],
             "model_type": model_type,
