@@ -1,7 +1,9 @@
 //! Finetune Studio's desktop shell, kept thin: it starts the same studio server that
 //! `finetune-studio serve` runs, in-process on 127.0.0.1 with a random port and a token made
 //! for this launch, and opens a window on the bundled web UI, which it tells where the server is
-//! (`window.__STUDIO__`). The only other things here are the native file dialogs.
+//! (`window.__STUDIO__`). The only other things here are the native file dialogs, notifications
+//! (the UI sends them through the notification plugin: alerts and finished jobs) and opening a
+//! report in the system's browser.
 //!
 //! Workers are the `finetune-studio` binary: `$FINETUNE_STUDIO_WORKER`, else the one next to this
 //! executable (the .deb installs both in /usr/bin), else the one on `PATH`.
@@ -54,9 +56,16 @@ pub fn run() {
     });
     let start = std::env::var("FINETUNE_STUDIO_START").ok();
     let script = init_script(&base, &token, start.as_deref());
+    let studio = commands::Studio { base: base.clone(), token: token.clone() };
     tauri::Builder::default()
         .plugin(tauri_plugin_dialog::init())
-        .invoke_handler(tauri::generate_handler![commands::pick_folder, commands::pick_dataset])
+        .plugin(tauri_plugin_notification::init())
+        .manage(studio)
+        .invoke_handler(tauri::generate_handler![
+            commands::pick_folder,
+            commands::pick_dataset,
+            commands::open_in_browser
+        ])
         .setup(move |app| {
             WebviewWindowBuilder::new(app, "main", WebviewUrl::App("index.html".into()))
                 .title("Finetune Studio")
