@@ -3,7 +3,8 @@
 // and the reason GPU telemetry is unavailable), an injected NaN raises alerts that show up on
 // the job page and the dashboard, a reload redraws the samples from history, the dashboard's
 // device panel reads the studio's own telemetry, and the report and the metric export answer.
-// The job page is screenshotted in both themes (the light one is the README's picture).
+// The job page is screenshotted in both themes (the light one is the README's picture), the
+// dashboard in the dark one.
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,8 +16,8 @@ let studio, b, page, jobId;
 const samples = async () => Number(await page.getByTestId('telemetry-panel').getAttribute('data-samples'));
 
 before(async () => {
-  // Per-job fault injection is a test-only switch of the studio.
-  studio = await startStudio({ env: { FINETUNE_ALLOW_FAULTS: '1' } });
+  // Per-job fault injection is a test-only switch of the studio; a sample a second (not two).
+  studio = await startStudio({ env: { FINETUNE_ALLOW_FAULTS: '1', FINETUNE_TELEMETRY_MS: '1000' } });
   b = await launch();
   page = b.page;
   const created = await studio.api('POST', '/jobs', {
@@ -30,9 +31,16 @@ before(async () => {
   jobId = created.body.job_id;
 });
 after(async () => {
-  if (jobId) await studio?.api('POST', `/jobs/${jobId}/cancel`).catch(() => {});
-  await b?.browser.close();
-  await studio?.stop();
+  try {
+    // Stop the worker before the data dir goes (it runs in a process group of its own).
+    if (jobId && studio) {
+      await studio.api('POST', `/jobs/${jobId}/cancel`, {});
+      await waitFor('the job to stop', async () => ['cancelled', 'completed', 'failed'].includes((await studio.api('GET', `/jobs/${jobId}`)).body.status), 30000, 300);
+    }
+  } finally {
+    await b?.browser.close();
+    await studio?.stop();
+  }
   assert.deepEqual(b?.problems ?? [], [], 'no script errors in the page');
 });
 
@@ -83,6 +91,8 @@ test('a reload redraws the telemetry from history and keeps following', async ()
   assert.equal(lo, stored[0].ts_ms / 1000, 'starts at the first sample');
   assert.ok(n >= stored.length - 1, `${n} drawn, ${stored.length} stored`);
   await waitFor('live samples after the reload', async () => (await samples()) > n, 30000);
+  // A picture worth keeping: a few dozen steps and a quarter minute of samples.
+  await waitFor('15 samples for the screenshot', async () => (await samples()) >= 15, 60000, 500);
   const alerts = Number(await page.getByTestId('alerts').getAttribute('data-count'));
   assert.ok(alerts >= 1, 'the alerts are read back too');
 
@@ -94,7 +104,6 @@ test('a reload redraws the telemetry from history and keeps following', async ()
   await waitFor('the samples in the dark theme', async () => (await samples()) > 0, 30000);
   await page.getByTestId('alerts').waitFor();
   await page.screenshot({ path: join(SHOTS, 'job-monitor-dark.png') });
-  await page.evaluate(() => localStorage.setItem('studio-theme', 'light'));
 });
 
 test('the report and the metric export answer from the job page links', async () => {
@@ -131,5 +140,7 @@ test('the dashboard shows the machine and the recent alerts, linking to the job'
   await page.getByTestId('telemetry-panel').waitFor();
   await page.goto(`${studio.url}/#/`);
   await page.getByTestId('recent-alerts').waitFor();
-  await page.screenshot({ path: join(SHOTS, 'dashboard-monitor.png') });
+  await waitFor('the running job\'s loss curve', async () => Number(await page.getByTestId('mini-loss').getAttribute('data-points')) > 0, 30000);
+  await page.screenshot({ path: join(SHOTS, 'dashboard-monitor-dark.png') });
+  await page.evaluate(() => localStorage.setItem('studio-theme', 'light'));
 });

@@ -1,7 +1,9 @@
 // The desktop app under Xvfb, driven through tauri-driver (WebKitWebDriver) with webdriverio in
 // classic WebDriver mode: the window opens on the bundled UI, the dashboard renders from the
 // in-process studio (cross-origin, with the launch token), and a job is started from the
-// wizard and watched until its loss chart has points. Real workers, tiny fixture model.
+// wizard and watched until its loss chart has points, with the telemetry panel beside it; its
+// completion is announced through the notification plugin; the adapter and the metric export
+// download into Downloads. Real workers, tiny fixture model.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -31,6 +33,7 @@ before(async () => {
       FINETUNE_STUDIO_HOME: join(home, 'studio'),
       FINETUNE_STUDIO_WORKER: BIN,
       FINETUNE_STUDIO_DEMO_MODEL: join(FIXTURES, 'models/llama'),
+      FINETUNE_TELEMETRY_MS: '1000',
       RAYON_NUM_THREADS: '1',
     },
   });
@@ -76,7 +79,22 @@ test('a job is started from the wizard and watched', async () => {
   const status = () => browser.execute(() => document.querySelector('[data-testid="job-status"]')?.textContent);
   await browser.waitUntil(async () => (await status()) === 'completed', { timeout: 120000, timeoutMsg: 'the job did not complete' });
   assert.equal(Number(await chart.getAttribute('data-points')), 200);
+  const panel = await browser.$('[data-testid="telemetry-panel"]');
+  assert.ok(Number(await panel.getAttribute('data-samples')) >= 1, 'telemetry samples beside the loss chart');
   await browser.saveScreenshot(join(SHOTS, 'desktop-job.png'));
+});
+
+test('the finished job is announced by a desktop notification', async () => {
+  // The UI records what it sent (and any error the plugin answered, e.g. a missing permission).
+  const sent = () => browser.execute(() => window.__STUDIO_NOTIFICATIONS__ ?? []);
+  const done = await waitFor('the completion notification', async () => (await sent()).find((n) => /completed/.test(n.title)), 20000, 500);
+  assert.match(done.title, /^Demo: JSON answers completed$/);
+  assert.equal(done.error, undefined, `the notification plugin refused: ${done.error}`);
+  // Reports open in the system's browser through the app's own command, which opens studio pages only.
+  const refused = await browser.executeAsync((done) => {
+    window.__TAURI__.core.invoke('open_in_browser', { path: 'file:///etc/passwd' }).then(() => done('opened'), (e) => done(String(e)));
+  });
+  assert.match(refused, /not a studio page/);
 });
 
 test('the adapter downloads into the Downloads folder', async () => {
@@ -86,5 +104,15 @@ test('the adapter downloads into the Downloads folder', async () => {
   const downloads = join(home, 'Downloads');
   const file = await waitFor('the adapter in Downloads', () => readdirSync(downloads).find((f) => f.endsWith('-adapter.tar') && statSync(join(downloads, f)).size > 1024), 30000);
   assert.match(file, /^demo--json-answers-adapter\.tar$/);
+  assert.match(await browser.getUrl(), /#\/jobs\/job-/, 'the window stays on the job page');
+});
+
+test('the metric export downloads into the Downloads folder', async () => {
+  const link = await browser.$('a=Export metrics');
+  await link.waitForClickable({ timeout: 10000 });
+  await link.click();
+  const downloads = join(home, 'Downloads');
+  const file = await waitFor('the metrics in Downloads', () => readdirSync(downloads).find((f) => f.endsWith('-metrics.csv') && statSync(join(downloads, f)).size > 100), 30000);
+  assert.equal(file, 'demo--json-answers-metrics.csv');
   assert.match(await browser.getUrl(), /#\/jobs\/job-/, 'the window stays on the job page');
 });

@@ -36,7 +36,7 @@ export function Chart({ x, series, data, height = 200, xLabel = 'step', logY = f
         y: logY ? { distr: 3 } : fromZero ? { range: (_u, _min, max) => [0, max > 0 ? max * 1.08 : 1] } : {},
       },
       axes: [
-        time ? { ...axis, values: (_u: uPlot, vs: number[]) => clockTicks(vs) } : { ...axis, label: xLabel, labelSize: 18 },
+        time ? { ...axis, space: 64, values: (_u: uPlot, vs: number[]) => clockTicks(vs) } : { ...axis, label: xLabel, labelSize: 18 },
         { ...axis, size: 60, ...(yFmt ? { values: (_u: uPlot, vs: number[]) => vs.map(yFmt) } : {}) },
       ],
       series: [
@@ -68,11 +68,16 @@ export function Chart({ x, series, data, height = 200, xLabel = 'step', logY = f
   );
 }
 
-/** Clock times for time-axis ticks: hours and minutes, with seconds when the ticks are closer. */
+/** Clock times for time-axis ticks, short (24-hour H:MM, with :SS when ticks are under a
+ *  minute apart), so they fit side by side. */
 function clockTicks(vs: number[]): string[] {
   const step = vs.length > 1 ? Math.abs(vs[1] - vs[0]) : 60;
-  const opts: Intl.DateTimeFormatOptions = step < 60 ? { hour: '2-digit', minute: '2-digit', second: '2-digit' } : { hour: '2-digit', minute: '2-digit' };
-  return vs.map((v) => new Date(v * 1000).toLocaleTimeString([], opts));
+  const two = (n: number) => String(n).padStart(2, '0');
+  return vs.map((v) => {
+    const d = new Date(v * 1000);
+    const hm = `${d.getHours()}:${two(d.getMinutes())}`;
+    return step < 60 ? `${hm}:${two(d.getSeconds())}` : hm;
+  });
 }
 
 export const chartColors = () => [css('--chart-1'), css('--chart-2'), css('--chart-3'), css('--chart-4')];

@@ -1,6 +1,7 @@
 // The machine while a job trains, beside the loss chart: memory over time (the GPU's used and
-// total memory when the job runs on one, else the process's resident memory against the
-// system's), the newest CPU and GPU readings, or the reason GPU telemetry is unavailable.
+// total memory when the job runs on one, else the process's resident memory and the system's
+// memory in use, with its total once it matters), the newest CPU and GPU readings, or the
+// reason GPU telemetry is unavailable.
 // Jobs with no samples (older ones) show the memory the step events recorded instead.
 import { useMemo } from 'preact/hooks';
 import type { GpuTelemetry, MetricPoint, TelemetrySample } from '../../api';
@@ -61,15 +62,16 @@ function memoryColumns(samples: TelemetrySample[]) {
     }
     return { onGpu, series, data };
   }
-  return {
-    onGpu,
-    series: [
-      { label: 'process', color: colors[0], fmt: bytes },
-      { label: 'system', color: colors[1], fmt: bytes },
-      { label: 'total', color: colors[1], dash: [5, 4], width: 1.2, fmt: bytes },
-    ] as SeriesDef[],
-    data: [xs, samples.map((s) => s.process_rss_bytes), samples.map((s) => s.system_memory_used_bytes), samples.map((s) => s.system_memory_total_bytes)],
-  };
+  // The system's total is drawn once memory is half used: below that it would squash the
+  // curves into the bottom of the chart, and the meter under it shows the headroom.
+  const withTotal = samples.some((s) => s.system_memory_used_bytes >= 0.5 * s.system_memory_total_bytes);
+  const series: SeriesDef[] = [{ label: 'process', color: colors[0], fmt: bytes }, { label: 'system', color: colors[1], fmt: bytes }];
+  const data = [xs, samples.map((s) => s.process_rss_bytes), samples.map((s) => s.system_memory_used_bytes)];
+  if (withTotal) {
+    series.push({ label: 'total', color: colors[1], dash: [5, 4], width: 1.2, fmt: bytes });
+    data.push(samples.map((s) => s.system_memory_total_bytes));
+  }
+  return { onGpu, series, data };
 }
 
 export function TelemetryPanel({ samples, points, live }: { samples: TelemetrySample[]; points: MetricPoint[]; live: boolean }) {
