@@ -116,10 +116,10 @@ impl Sampler {
                 process_memory_bytes: mine.flatten(),
             });
         }
-        if !out.iter().any(|g| g.in_use) {
-            if let Some(g) = self.gpu_hint.and_then(|h| out.iter_mut().find(|g| g.index == h)) {
-                g.in_use = true;
-            }
+        if !out.iter().any(|g| g.in_use)
+            && let Some(g) = self.gpu_hint.and_then(|h| out.iter_mut().find(|g| g.index == h))
+        {
+            g.in_use = true;
         }
         Ok(out)
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+#[derive(Default)]
 pub struct TrainConfig {
     pub model: ModelSection,
     pub method: MethodSection,
@@ -22,20 +23,6 @@ pub struct TrainConfig {
     pub data: DataSection,
     pub train: TrainSection,
     pub checkpoint: CheckpointSection,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            model: ModelSection::default(),
-            method: MethodSection::default(),
-            lora: LoraSection::default(),
-            quant: QuantSection::default(),
-            data: DataSection::default(),
-            train: TrainSection::default(),
-            checkpoint: CheckpointSection::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -38,10 +38,12 @@ impl Linear for LoraLinear {
             seed: ctx.seed,
             keys: [Rng::key("lora-dropout"), ctx.pass, self.key],
         });
-        if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && a.dtype() == DType::F32 {
-            if let Some(kernel) = self.base.cpu_kernel() {
-                return ops::lora_linear(x, a, self.b.as_tensor(), kernel, self.scale, dropout);
-            }
+        if matches!(x.device(), Device::Cpu)
+            && x.dtype() == DType::F32
+            && a.dtype() == DType::F32
+            && let Some(kernel) = self.base.cpu_kernel()
+        {
+            return ops::lora_linear(x, a, self.b.as_tensor(), kernel, self.scale, dropout);
         }
         let y = self.base.forward(x, ctx)?;
         let dims = x.dims().to_vec();

@@ -152,23 +152,25 @@ impl HfConfig {
     /// `rope_parameters` is keyed by layer type (Gemma 3).
     pub fn rope(&self, default_theta: f64, layer_kind: Option<&str>) -> Result<RopeParams> {
         let mut params = self.get("rope_parameters").cloned();
-        if let (Some(Value::Object(map)), Some(kind)) = (&params, layer_kind) {
-            if let Some(inner) = map.get(kind) {
-                params = Some(inner.clone());
-            }
+        if let (Some(Value::Object(map)), Some(kind)) = (&params, layer_kind)
+            && let Some(inner) = map.get(kind)
+        {
+            params = Some(inner.clone());
         }
-        if let Some(Value::Object(map)) = &params {
-            if !map.contains_key("rope_type") && !map.contains_key("rope_theta") {
-                // Keyed by layer kind but no kind asked: take the full-attention entry.
-                params = map.get("full_attention").cloned().or(params);
-            }
+        if let Some(Value::Object(map)) = &params
+            && !map.contains_key("rope_type")
+            && !map.contains_key("rope_theta")
+        {
+            // Keyed by layer kind but no kind asked: take the full-attention entry.
+            params = map.get("full_attention").cloned().or(params);
         }
         // Gemma 3 in the v4 layout: sliding layers use `rope_local_base_freq` without scaling.
-        if layer_kind == Some("sliding_attention") && self.get("rope_parameters").is_none() {
-            if let Some(local) = self.f64_any(&["rope_local_base_freq"])? {
-                let partial_factor = self.f64_any(&["partial_rotary_factor", "rotary_pct"])?.unwrap_or(1.0);
-                return Ok(RopeParams { theta: local, scaling: RopeScaling::None, partial_factor });
-            }
+        if layer_kind == Some("sliding_attention")
+            && self.get("rope_parameters").is_none()
+            && let Some(local) = self.f64_any(&["rope_local_base_freq"])?
+        {
+            let partial_factor = self.f64_any(&["partial_rotary_factor", "rotary_pct"])?.unwrap_or(1.0);
+            return Ok(RopeParams { theta: local, scaling: RopeScaling::None, partial_factor });
         }
         let scaling_obj = params.clone().or_else(|| self.get("rope_scaling").cloned());
         let theta = params

@@ -287,7 +287,7 @@ impl GgufFile {
 /// `row_order[o]` = the stored row holding original row `o`: llama.cpp stores q/k rows per head
 /// as `[head, pair, 2]` where Hugging Face has `[head, 2, pair]`.
 pub fn unpermute_order(rows: usize, heads: usize) -> Option<Vec<usize>> {
-    if heads == 0 || rows % (2 * heads) != 0 {
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
         return None;
     }
     let half = rows / heads / 2;

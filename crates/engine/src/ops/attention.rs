@@ -113,15 +113,15 @@ fn validate(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Result<
     if b != b2 || b != b3 || kv != kv2 || s != s2 || d != d2 || kv == 0 || h % kv != 0 || !positions_ok {
         bail!("attention: incompatible shapes q {:?} k {:?} v {:?}", q.dims(), k.dims(), v.dims());
     }
-    if let Some(sl) = &mask.alibi_slopes {
-        if sl.len() != h {
-            bail!("attention: {} ALiBi slopes for {h} heads", sl.len());
-        }
+    if let Some(sl) = &mask.alibi_slopes
+        && sl.len() != h
+    {
+        bail!("attention: {} ALiBi slopes for {h} heads", sl.len());
     }
-    if let Some(lens) = &mask.key_lens {
-        if lens.len() != b {
-            bail!("attention: {} key lengths for batch {b}", lens.len());
-        }
+    if let Some(lens) = &mask.key_lens
+        && lens.len() != b
+    {
+        bail!("attention: {} key lengths for batch {b}", lens.len());
     }
     Ok(())
 }

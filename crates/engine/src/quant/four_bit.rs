@@ -179,7 +179,7 @@ pub struct FourBit {
 /// `quantize_4bit` computes them (full blocks scale by the f32 reciprocal of the clamped absmax,
 /// the ragged last block divides by it; the stored absmax of the last block is the clamped one).
 pub fn quantize_4bit(x: &[f32], kind: FourBitKind, block_size: usize) -> Result<FourBit> {
-    if block_size == 0 || block_size % 2 != 0 {
+    if block_size == 0 || !block_size.is_multiple_of(2) {
         return Err(EngineError::config(
             "quant.block_size",
             format!("must be an even number, got {block_size}"),
@@ -192,7 +192,7 @@ pub fn quantize_4bit(x: &[f32], kind: FourBitKind, block_size: usize) -> Result<
     let full = n - n % block_size;
     let mut put = |i: usize, q: u8| {
         let byte = &mut packed[i / 2];
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             *byte |= q << 4;
         } else {
             *byte |= q;

@@ -47,7 +47,7 @@ impl GgmlRows {
             return Err(EngineError::Other(format!("{dtype:?} is not a GGML block format")));
         }
         let bs = dtype.block_size();
-        if cols % bs != 0 {
+        if !cols.is_multiple_of(bs) {
             return Err(EngineError::Other(format!(
                 "{cols} columns are not a multiple of the {dtype:?} block ({bs})"
             )));
@@ -60,7 +60,7 @@ impl GgmlRows {
                 rows * row_bytes
             )));
         }
-        if row_bytes % 2 != 0 {
+        if !row_bytes.is_multiple_of(2) {
             return Err(EngineError::Other(format!(
                 "{dtype:?} rows of {row_bytes} bytes are not 2-byte aligned"
             )));

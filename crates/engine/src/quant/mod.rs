@@ -73,7 +73,7 @@ impl QuantSpec {
                 ));
             }
         };
-        if q.block_size < 2 || q.block_size % 2 != 0 {
+        if q.block_size < 2 || !q.block_size.is_multiple_of(2) {
             return Err(EngineError::config(
                 "quant.block_size",
                 format!("must be an even number, got {}", q.block_size),

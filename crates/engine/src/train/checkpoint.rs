@@ -124,10 +124,10 @@ pub fn write_checkpoint(
     let mut files = std::collections::BTreeMap::new();
     for entry in std::fs::read_dir(&partial).map_err(|e| EngineError::io(&partial, e))? {
         let path = entry.map_err(|e| EngineError::io(&partial, e))?.path();
-        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-            if !name.starts_with('.') {
-                files.insert(name.to_string(), sha256_file(&path)?);
-            }
+        if let Some(name) = path.file_name().and_then(|n| n.to_str())
+            && !name.starts_with('.')
+        {
+            files.insert(name.to_string(), sha256_file(&path)?);
         }
     }
     fsutil::write_json(&partial.join(MANIFEST_FILE), &Manifest { format: 1, step: state.step, files })?;

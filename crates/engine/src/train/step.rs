@@ -97,11 +97,11 @@ pub fn accumulate(
         acc.collect(params, &store)?;
         grad = store.get(input.as_tensor()).cloned();
     }
-    if let Some(g) = grad {
-        if x0.track_op() {
-            let store = (x0 * g)?.sum_all()?.backward()?;
-            acc.collect(params, &store)?;
-        }
+    if let Some(g) = grad
+        && x0.track_op()
+    {
+        let store = (x0 * g)?.sum_all()?.backward()?;
+        acc.collect(params, &store)?;
     }
     Ok((sum.detach(), rows.len()))
 }

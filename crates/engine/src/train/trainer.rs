@@ -175,10 +175,10 @@ pub fn train_with(
     };
     let model = source.build_any(plan, quant, dtype, &device)?;
     drop(source); // unmaps the checkpoint files
-    if let AnyModel::Causal(m) = &model {
-        if let Some(base) = describe_base(m) {
-            log(sink, base);
-        }
+    if let AnyModel::Causal(m) = &model
+        && let Some(base) = describe_base(m)
+    {
+        log(sink, base);
     }
     let lm = model.as_dyn();
     let params: Vec<(String, Var)> = lm.trainable();
@@ -420,7 +420,7 @@ pub fn train_with(
 
         let every_eval = cfg.train.eval_every_steps as u64;
         if every_eval > 0
-            && state.step % every_eval == 0
+            && state.step.is_multiple_of(every_eval)
             && state.step < total_steps
             && !dataset.eval.is_empty()
         {
@@ -436,7 +436,7 @@ pub fn train_with(
             eval_loss = Some(r.loss);
         }
         let every_ckpt = cfg.checkpoint.every_steps as u64;
-        if every_ckpt > 0 && state.step % every_ckpt == 0 {
+        if every_ckpt > 0 && state.step.is_multiple_of(every_ckpt) {
             let t = Instant::now();
             let written = checkpoint::write_checkpoint(output, lm, &params, &opt, &state, cfg);
             eta.record_checkpoint(t.elapsed().as_secs_f64());

@@ -67,6 +67,9 @@ fn as_f(series: &[(u64, f64)]) -> Vec<(f64, f64)> {
     series.iter().filter(|(_, v)| v.is_finite()).map(|&(s, v)| (s as f64, v)).collect()
 }
 
+/// A series of a panel: its legend label (empty: none), colour, line width and points.
+type Series<'a> = (&'a str, RGBAColor, u32, &'a [(u64, f64)]);
+
 type Plot<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
 
 /// One panel: a titled chart of some series over the steps.
@@ -75,7 +78,7 @@ fn panel<DB: DrawingBackend>(
     title: &str,
     y_desc: &str,
     steps: Range<f64>,
-    series: &[(&str, RGBAColor, u32, &[(u64, f64)])],
+    series: &[Series<'_>],
     from_zero: bool,
     y_label: &dyn Fn(&f64) -> String,
 ) -> Plot<DB> {
