@@ -35,7 +35,7 @@ async fn list_checkpoints(
     State(st): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<CheckpointList>> {
-    let job = st.store().job(&id)?.ok_or_else(|| ApiError::not_found("job", &id))?;
+    let job = st.store().require_job(&id)?;
     let list = st.store().checkpoints(&id)?;
     let published = job.published_adapter.as_deref();
     Ok(Json(CheckpointList { checkpoints: list.iter().map(|c| CheckpointView::new(c, published)).collect() }))

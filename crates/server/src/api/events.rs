@@ -12,7 +12,7 @@
 //! steps are replayed; alerts and telemetry samples before the stream opened are read from
 //! `/jobs/{id}/alerts` and `/jobs/{id}/telemetry`.
 
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorBody};
 use crate::state::AppState;
 use crate::views::MetricPointView;
 use axum::extract::{Path, Query, State};
@@ -58,7 +58,7 @@ async fn job_events(
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
     // Subscribe before reading history, so nothing committed in between is missed.
     let rx = st.sup.subscribe();
-    st.store().job(&id)?.ok_or_else(|| ApiError::not_found("job", &id))?;
+    st.store().require_job(&id)?;
     let last_event_id =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let after = q.after_step.or(last_event_id).unwrap_or(0);

@@ -124,15 +124,11 @@ async fn list_jobs(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Ap
     Ok(Json(JobList { jobs: jobs.iter().map(JobView::from).collect(), total, limit, offset }))
 }
 
-fn job_or_404(st: &AppState, id: &str) -> ApiResult<finetune_jobs::Job> {
-    st.store().job(id)?.ok_or_else(|| ApiError::not_found("job", id))
-}
-
 /// A job with its config and attempts.
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = JobDetail), (status = 404, body = ErrorBody)))]
 async fn get_job(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<JobDetail>> {
-    let job = job_or_404(&st, &id)?;
+    let job = st.store().require_job(&id)?;
     let attempts = st.store().attempts(&id)?;
     Ok(Json(JobDetail {
         state: state_json(&job.state()),
@@ -146,7 +142,7 @@ async fn get_job(State(st): State<AppState>, Path(id): Path<String>) -> ApiResul
 #[utoipa::path(delete, path = "/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses((status = 204, description = "Deleted"), (status = 404, body = ErrorBody), (status = 409, description = "Running: cancel it first", body = ErrorBody)))]
 async fn delete_job(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    job_or_404(&st, &id)?;
+    st.store().require_job(&id)?;
     st.sup.delete(&id)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -208,7 +204,7 @@ pub struct Progress {
 #[utoipa::path(get, path = "/jobs/{id}/progress", tag = "monitoring", params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = Progress), (status = 404, body = ErrorBody)))]
 async fn job_progress(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Progress>> {
-    let j = job_or_404(&st, &id)?;
+    let j = st.store().require_job(&id)?;
     let last = st.store().metrics(&id, j.current_step.saturating_sub(1), 1)?;
     Ok(Json(Progress {
         job_id: j.id.clone(),
@@ -254,7 +250,7 @@ async fn job_logs(
     Path(id): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<Json<LogPage>> {
-    job_or_404(&st, &id)?;
+    st.store().require_job(&id)?;
     let after = q.after_id.unwrap_or(0);
     let lines = st.store().logs(&id, after, q.limit.unwrap_or(1000).clamp(1, 5000), q.level.as_deref())?;
     let next_after_id = lines.last().map(|l| l.id).unwrap_or(after);
@@ -283,7 +279,7 @@ async fn job_metrics(
     Path(id): Path<String>,
     Query(q): Query<MetricsQuery>,
 ) -> ApiResult<Json<MetricPage>> {
-    job_or_404(&st, &id)?;
+    st.store().require_job(&id)?;
     let points =
         st.store().metrics(&id, q.after_step.unwrap_or(0), q.limit.unwrap_or(10_000).clamp(1, 100_000))?;
     Ok(Json(MetricPage { points: points.iter().map(MetricPointView::from).collect() }))

@@ -2,6 +2,7 @@
 //! jobs (the dashboard), shareable reports (HTML, Markdown, PNG, SVG) and exports of the metric
 //! history (CSV, MLflow JSON). Live telemetry and alerts also arrive on the job's SSE stream.
 
+use super::outputs::file_stem;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::AppState;
 use axum::Json;
@@ -23,10 +24,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(recent_alerts))
         .routes(routes!(job_report))
         .routes(routes!(export_metrics))
-}
-
-fn job_or_404(st: &AppState, id: &str) -> ApiResult<finetune_jobs::Job> {
-    st.store().job(id)?.ok_or_else(|| ApiError::not_found("job", id))
 }
 
 /// One GPU in a telemetry sample; every reading is null when the driver does not report it.
@@ -94,7 +91,7 @@ async fn job_telemetry(
     Path(id): Path<String>,
     Query(q): Query<TelemetryQuery>,
 ) -> ApiResult<Json<TelemetryPage>> {
-    job_or_404(&st, &id)?;
+    st.store().require_job(&id)?;
     let rows =
         st.store().telemetry(&id, q.after_ts_ms.unwrap_or(0), q.limit.unwrap_or(20_000).clamp(1, 100_000))?;
     Ok(Json(TelemetryPage {
@@ -146,7 +143,7 @@ pub struct AlertList {
 #[utoipa::path(get, path = "/jobs/{id}/alerts", tag = "monitoring", params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = AlertList), (status = 404, body = ErrorBody)))]
 async fn job_alerts(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<AlertList>> {
-    job_or_404(&st, &id)?;
+    st.store().require_job(&id)?;
     Ok(Json(AlertList { alerts: st.store().alerts(&id)?.into_iter().map(AlertView::from).collect() }))
 }
 
@@ -168,17 +165,8 @@ async fn recent_alerts(
     Ok(Json(AlertList { alerts: rows.into_iter().map(AlertView::from).collect() }))
 }
 
-fn slug(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
-        .collect();
-    let s = s.trim_matches('-').chars().take(60).collect::<String>();
-    if s.is_empty() { "job".into() } else { s }
-}
-
+/// The job's history (a missing job is a 404 through `JobsError::JobNotFound`).
 async fn load_run(st: &AppState, id: &str) -> ApiResult<RunRecord> {
-    job_or_404(st, id)?;
     let store = st.sup.store().clone();
     let id = id.to_string();
     let run = tokio::task::spawn_blocking(move || RunRecord::load(&store, &id))
@@ -210,7 +198,7 @@ async fn job_report(
         ApiError::BadRequest(format!("`format`: {name:?} is not one of html, md, png, svg"))
     })?;
     let run = load_run(&st, &id).await?;
-    let file = format!("{}-report.{}", slug(&run.job.name), format.extension());
+    let file = format!("{}-report.{}", file_stem(&run.job.name), format.extension());
     let body = tokio::task::spawn_blocking(move || render(&run, format))
         .await
         .map_err(ApiError::internal)?
@@ -258,7 +246,7 @@ async fn export_metrics(
             (header::CONTENT_TYPE, content_type.to_string()),
             (
                 header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{}-metrics.{ext}\"", slug(&run.job.name)),
+                format!("attachment; filename=\"{}-metrics.{ext}\"", file_stem(&run.job.name)),
             ),
         ],
         body,

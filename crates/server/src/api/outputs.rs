@@ -24,10 +24,6 @@ pub struct OpenedFolder {
     pub path: String,
 }
 
-fn job_or_404(st: &AppState, id: &str) -> ApiResult<finetune_jobs::Job> {
-    st.store().job(id)?.ok_or_else(|| ApiError::not_found("job", id))
-}
-
 fn opener() -> &'static str {
     if cfg!(target_os = "macos") {
         "open"
@@ -42,7 +38,7 @@ fn opener() -> &'static str {
 #[utoipa::path(post, path = "/jobs/{id}/open-folder", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses((status = 200, body = OpenedFolder), (status = 404, body = ErrorBody), (status = 409, description = "Not a local studio, or no folder yet", body = ErrorBody)))]
 async fn open_folder(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<OpenedFolder>> {
-    let job = job_or_404(&st, &id)?;
+    let job = st.store().require_job(&id)?;
     if !st.cfg.is_loopback() {
         return Err(ApiError::Conflict(
             "this studio runs on another machine; its folders cannot be opened here".into(),
@@ -64,6 +60,16 @@ async fn open_folder(State(st): State<AppState>, Path(id): Path<String>) -> ApiR
     Ok(Json(OpenedFolder { path }))
 }
 
+/// A job's name as the start of a downloaded file's name: `My run #1` -> `my-run--1`.
+pub(crate) fn file_stem(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
+        .collect();
+    let s = s.trim_matches('-').chars().take(60).collect::<String>();
+    if s.is_empty() { "job".into() } else { s }
+}
+
 /// The folder holding the job's adapter: the deployed checkpoint, else the final output.
 fn adapter_dir(job: &finetune_jobs::Job) -> Option<PathBuf> {
     let is_adapter =
@@ -79,16 +85,11 @@ fn adapter_dir(job: &finetune_jobs::Job) -> Option<PathBuf> {
 #[utoipa::path(get, path = "/jobs/{id}/adapter", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses((status = 200, description = "application/x-tar", content_type = "application/x-tar"), (status = 404, body = ErrorBody), (status = 409, description = "No adapter yet", body = ErrorBody)))]
 async fn download_adapter(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
-    let job = job_or_404(&st, &id)?;
+    let job = st.store().require_job(&id)?;
     let dir = adapter_dir(&job).ok_or_else(|| {
         ApiError::Conflict("the job has no adapter yet: it is written when the job completes".into())
     })?;
-    let slug: String = job
-        .name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '-' })
-        .collect();
-    let top = format!("{}-adapter", slug.trim_matches('-').chars().take(60).collect::<String>());
+    let top = format!("{}-adapter", file_stem(&job.name));
     let top2 = top.clone();
     let body = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
         let mut files: Vec<_> = std::fs::read_dir(&dir)?
