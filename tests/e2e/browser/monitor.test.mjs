@@ -128,7 +128,7 @@ test('the dashboard shows the machine and the recent alerts, linking to the job'
   const { body: sys } = await studio.api('GET', '/system');
   assert.match(await device.innerText(), /CPU/);
   if (sys.telemetry) {
-    assert.match(await page.getByTestId('device-memory').innerText(), /\d+(\.\d+)? GB \/ \d+(\.\d+)? GB/);
+    assert.match(await page.getByTestId('device-memory').innerText(), /\d+(\.\d+)? [KMGT]?B \/ \d+(\.\d+)? [KMGT]?B/);
     if (sys.telemetry.gpus.length === 0) assert.match(await device.getByTestId('gpu-status').innerText(), /^GPU telemetry unavailable: ./);
     else assert.ok(await device.getByTestId('gpu-readout').count() >= 1);
   }
