@@ -10,6 +10,9 @@ source scripts/lib/apt.sh
 
 # These 2-vCPU machines behave like one physical core: one thread is 3-4x faster than two.
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-1}"
+# The engine opens OpenBLAS at run time for the CPU's matrix products (installed below); here its
+# absence is an error, so the tests that compare it with the gemm crate always run.
+export FINETUNE_REQUIRE_BLAS=1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # `cargo install` puts tauri-driver here; not every shell has it on PATH.
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
@@ -17,7 +20,7 @@ start=$(date +%s)
 step() { echo; echo "== $* (+$(( $(date +%s) - start ))s)"; }
 
 step "system packages"
-apt_install build-essential pkg-config curl ca-certificates \
+apt_install build-essential pkg-config curl ca-certificates libopenblas0 \
   libwebkit2gtk-4.1-dev webkit2gtk-driver xvfb xauth chromium python3 python3-venv python3-pip
 need_rust
 need_node

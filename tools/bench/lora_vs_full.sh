@@ -1,50 +1,76 @@
 #!/usr/bin/env bash
 # Benchmark for issue #2: peak memory and tokens/s of LoRA vs full fine-tuning, ours vs
 # PyTorch + PEFT, on the same random Llama (113.5 M parameters, 99 % in projections: weight-
-# dominated; made by make_bench_model.py), the same data, batch and steps, measured side by side
-# in one run, one process per configuration.
-#   tools/bench/lora_vs_full.sh [PYTHON=.venv/bin/python] [STEPS=4]
+# dominated; made by make_bench_model.py), the same data, batch and steps, one process per
+# configuration. The configurations run interleaved, REPS rounds of each, and the table gives the
+# median of the rounds: on a shared machine, load that comes and goes then hits every
+# configuration alike instead of whichever ran at that moment.
+#   tools/bench/lora_vs_full.sh [PYTHON=.venv/bin/python] [STEPS=6] [REPS=3]
 # Needs the fixture venv (tools/fixtures/requirements.txt). Prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${1:-.venv/bin/python}
-STEPS=${2:-4}
+STEPS=${2:-6}
+REPS=${3:-3}
 THREADS=${RAYON_NUM_THREADS:-1}
 WORK=target/bench/lora-vs-full
 MODEL=$WORK/model
 DATA=$WORK/data.jsonl
+RESULTS=$WORK/results.txt
 mkdir -p "$WORK"
 [ -f "$MODEL/model.safetensors" ] && [ -f "$DATA" ] || "$PY" tools/bench/make_bench_model.py "$WORK" >/dev/null
 cargo build -q --release -p finetune-cli
 BIN=target/release/finetune-studio
+: >"$RESULTS"
 
-ours() { # method batch checkpointing -> "tok/s peak_bytes final_loss"
+ours() { # method batch checkpointing [FINETUNE_BLAS] -> "tok/s peak_bytes"
   rm -rf "$WORK/out"
-  RAYON_NUM_THREADS=$THREADS "$BIN" train --json --model "$MODEL" --data "$DATA" --output "$WORK/out" \
+  FINETUNE_BLAS=${4:-} RAYON_NUM_THREADS=$THREADS "$BIN" train --json --model "$MODEL" --data "$DATA" --output "$WORK/out" \
     --set method.kind=\"$1\" --set train.max_steps="$STEPS" --set train.batch_size="$2" --set data.max_len=128 \
     --set lora.targets=all-linear --set lora.r=16 --set lora.dropout=0.0 --set train.grad_checkpointing="$3" \
     --set data.shuffle=false --set train.scheduler=\"constant\" \
-    | "$PY" tools/bench/summarize_events.py
+    | "$PY" tools/bench/summarize_events.py | cut -d' ' -f1,2
 }
 
-peft() { # method batch -> "tok/s peak_bytes after_imports_bytes"
+peft() { # method batch -> "tok/s peak_bytes"
   "$PY" tools/bench/peft_train.py "$MODEL" "$DATA" --method "$1" --steps "$STEPS" --batch "$2" --threads "$THREADS" 2>/dev/null \
-    | "$PY" -c 'import json,sys; r=json.load(sys.stdin); print("%.1f %d %d" % (r["tokens_per_s"], r["peak_rss_bytes"], r["rss_after_imports_bytes"]))'
+    | "$PY" -c 'import json,sys; r=json.load(sys.stdin); print("%.1f %d" % (r["tokens_per_s"], r["peak_rss_bytes"]))'
 }
 
-mib() { echo $(( $1 / 1048576 )); }
-echo "| batch x seq | implementation | method | tokens/s | peak RSS (MiB) |"
-echo "|---|---|---|---:|---:|"
-for batch in 1 4; do
-  read -r lt lm _ <<<"$(ours lora "$batch" false)"
-  read -r lct lcm _ <<<"$(ours lora "$batch" true)"
-  read -r ft fm _ <<<"$(ours full "$batch" false)"
-  read -r plt plm pli <<<"$(peft lora "$batch")"
-  read -r pft pfm _ <<<"$(peft full "$batch")"
-  echo "| $batch x 128 | finetune-studio | LoRA r16 all-linear | $lt | $(mib "$lm") |"
-  echo "| $batch x 128 | finetune-studio | LoRA + grad checkpointing | $lct | $(mib "$lcm") |"
-  echo "| $batch x 128 | finetune-studio | full | $ft | $(mib "$fm") |"
-  echo "| $batch x 128 | PyTorch + PEFT | LoRA r16 all-linear | $plt | $(mib "$plm") (imports alone: $(mib "$pli")) |"
-  echo "| $batch x 128 | PyTorch | full | $pft | $(mib "$pfm") |"
-  "$PY" -c "print(f'| $batch x 128 | ratios | ours LoRA/full | memory {$lm/$fm:.2f}, step time {$ft/$lt:.2f} | LoRA vs PEFT speed {$lt/$plt:.2f}x |')"
+record() { echo "$1|$2|$3|$4" >>"$RESULTS"; } # batch|implementation|method|"tok/s peak"
+
+for rep in $(seq "$REPS"); do
+  for batch in 1 4; do
+    echo "round $rep/$REPS, batch $batch" >&2
+    record "$batch" finetune-studio "LoRA r16 all-linear" "$(ours lora "$batch" false)"
+    record "$batch" "PyTorch + PEFT" "LoRA r16 all-linear" "$(peft lora "$batch")"
+    record "$batch" finetune-studio "LoRA, gemm crate only (FINETUNE_BLAS=off)" "$(ours lora "$batch" false off)"
+    record "$batch" finetune-studio "LoRA + gradient checkpointing" "$(ours lora "$batch" true)"
+    record "$batch" finetune-studio "full" "$(ours full "$batch" false)"
+    record "$batch" "PyTorch" "full" "$(peft full "$batch")"
+  done
 done
+
+"$PY" - "$RESULTS" <<'EOF'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    batch, impl, method, result = line.rstrip("\n").split("|")
+    tps, peak = result.split()
+    runs.setdefault((int(batch), impl, method), []).append((float(tps), int(peak)))
+print("| batch x seq | implementation | method | tokens/s, median (each run) | peak RSS MiB, median |")
+print("|---|---|---|---|---:|")
+med = {}
+for (batch, impl, method), rs in runs.items():
+    tps = statistics.median(r[0] for r in rs)
+    peak = statistics.median(r[1] for r in rs) / 2**20
+    med[(batch, impl, method)] = (tps, peak)
+    each = ", ".join(f"{r[0]:.0f}" for r in rs)
+    print(f"| {batch} x 128 | {impl} | {method} | {tps:.1f} ({each}) | {peak:.0f} |")
+for batch in sorted({k[0] for k in med}):
+    ours = lambda m: med[(batch, "finetune-studio", m)]
+    lora, full, ck = ours("LoRA r16 all-linear"), ours("full"), ours("LoRA + gradient checkpointing")
+    peft = med[(batch, "PyTorch + PEFT", "LoRA r16 all-linear")]
+    print(f"\nbatch {batch}: LoRA/full memory {lora[1] / full[1]:.2f} (with checkpointing {ck[1] / full[1]:.2f}), "
+          f"step time {full[0] / lora[0]:.2f}; LoRA vs PEFT tokens/s {lora[0] / peft[0]:.2f}x")
+EOF

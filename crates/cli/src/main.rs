@@ -41,6 +41,7 @@ enum Command {
 
 fn main() -> ExitCode {
     finetune_engine::device::init_cpu_threads();
+    finetune_engine::device::tune_allocator();
     let cli = Cli::parse();
     // Backward passes recurse through the graph: run on a thread with a generous stack.
     let run = std::thread::Builder::new().stack_size(256 << 20).spawn(move || match cli.command {

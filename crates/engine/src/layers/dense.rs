@@ -2,7 +2,7 @@
 //! ever computed for its weight) or trainable (full fine-tuning: the weight is a `Var`).
 
 use super::{ForwardCtx, Linear};
-use crate::ops::{DenseKernel, FrozenKernel, frozen_matmul};
+use crate::ops::{DenseKernel, FrozenKernel, frozen_matmul, linear_matmul};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::sync::Arc;
 
@@ -36,15 +36,7 @@ impl Linear for DenseLinear {
         let (y, bias) = match self {
             Self::Frozen { weight, bias } => (frozen_matmul(x, weight)?, bias.clone()),
             Self::Trainable { weight, bias } => {
-                let w = weight.as_tensor();
-                let x = if x.dtype() != w.dtype() { x.to_dtype(w.dtype())? } else { x.clone() };
-                let dims = x.dims().to_vec();
-                let rows = x.elem_count() / dims[dims.len() - 1];
-                let y = x.reshape((rows, dims[dims.len() - 1]))?.matmul(&w.t()?)?;
-                let mut out = dims;
-                let last = out.len() - 1;
-                out[last] = w.dim(0)?;
-                (y.reshape(out)?, bias.as_ref().map(|b| b.as_tensor().clone()))
+                (linear_matmul(x, weight.as_tensor())?, bias.as_ref().map(|b| b.as_tensor().clone()))
             }
         };
         match bias {

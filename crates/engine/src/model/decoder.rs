@@ -211,7 +211,7 @@ impl CausalLm {
         }
         let logits = match (&self.head, &self.embed) {
             (Head::Tied, Param::Trainable(v)) => {
-                let l = h.to_dtype(v.dtype())?.matmul(&v.as_tensor().t()?)?;
+                let l = ops::linear_matmul(&h, v.as_tensor())?;
                 match &self.head_bias {
                     Some(b) => l.broadcast_add(&b.tensor().to_dtype(l.dtype())?)?,
                     None => l,

@@ -525,7 +525,7 @@ impl Seq2SeqLm {
         let logits = match &self.head {
             Head::Tied => match &self.shared {
                 Param::Frozen(w) => ops::frozen_matmul(&h, w)?,
-                Param::Trainable(v) => h.broadcast_matmul(&v.as_tensor().t()?)?,
+                Param::Trainable(v) => ops::linear_matmul(&h, v.as_tensor())?,
             },
             Head::Linear(l) => l.forward(&h, ctx)?,
         };

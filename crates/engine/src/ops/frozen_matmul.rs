@@ -1,6 +1,8 @@
 //! `x · Wᵀ` for a frozen weight W: backward returns dL/dx only. candle's own matmul would also
 //! compute and keep dL/dW for every frozen projection, which costs as much memory as the weights.
 
+use super::cpu::{Mat, sgemm_par, slice, with_f32};
+use super::use_cpu_kernels;
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, Layout, MetalStorage, Result, Shape, Storage, Tensor, bail,
@@ -38,6 +40,19 @@ fn matmul_xwt<S: BackendStorage>(x: &S, xl: &Layout, w: &S, wl: &Layout) -> Resu
     Ok((out, Shape::from(out_dims)))
 }
 
+/// `x · wᵀ` for f32 on the CPU through the tuned product ([`sgemm_par`]).
+fn xwt_f32(x: &[f32], xl: &Layout, w: &[f32], n: usize) -> Result<(CpuStorage, Shape)> {
+    let k = w.len() / n.max(1);
+    let m = x.len() / k.max(1);
+    let mut out = vec![0f32; m * n];
+    sgemm_par(m, n, k, Mat::rows(x, k), Mat::rows_t(w, k), &mut out, false, 1.0);
+    let mut dims = xl.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Ok((CpuStorage::F32(out), Shape::from(dims)))
+}
+
 impl CustomOp1 for FrozenMatmul {
     fn name(&self) -> &'static str {
         "frozen-matmul"
@@ -46,6 +61,9 @@ impl CustomOp1 for FrozenMatmul {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (w, wl) = self.w.storage_and_layout();
         match &*w {
+            Storage::Cpu(w @ CpuStorage::F32(_)) if matches!(s, CpuStorage::F32(_)) => {
+                xwt_f32(slice(s, l)?, l, slice(w, wl)?, wl.dims()[0])
+            }
             Storage::Cpu(w) => matmul_xwt(s, l, w, wl),
             _ => bail!("frozen matmul: weight and input are on different devices"),
         }
@@ -68,8 +86,18 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let n = self.w.dim(0)?;
+        let (n, k) = self.w.dims2()?;
         let m = grad.elem_count() / n;
+        if use_cpu_kernels(grad) && use_cpu_kernels(&self.w) {
+            let dx = with_f32(grad, |g| {
+                with_f32(&self.w, |w| {
+                    let mut dx = vec![0f32; m * k];
+                    sgemm_par(m, k, n, Mat::rows(g, n), Mat::rows(w, k), &mut dx, false, 1.0);
+                    Ok(dx)
+                })
+            })?;
+            return Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?));
+        }
         let dx = grad.contiguous()?.reshape((m, n))?.matmul(&self.w)?;
         Ok(Some(dx.reshape(arg.shape())?))
     }

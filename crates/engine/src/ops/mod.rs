@@ -4,10 +4,12 @@
 //! another kernel); elsewhere they fall back to compositions of candle ops whose backward is right.
 
 mod attention;
+pub mod blas;
 mod cpu;
 mod cross_entropy;
 mod frozen_matmul;
 mod gated;
+mod linear_matmul;
 mod lora_linear;
 mod norm;
 mod rope;
@@ -21,6 +23,7 @@ pub use cross_entropy::{
 };
 pub use frozen_matmul::frozen_matmul;
 pub use gated::{GateAct, gated};
+pub use linear_matmul::linear_matmul;
 pub use lora_linear::{DenseKernel, DropoutSpec, FrozenKernel, dropout_mask, lora_linear};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{RopeLayout, RopeTables, rope};

@@ -288,6 +288,12 @@ pub fn train_with(
         output_dir: output.display().to_string(),
     });
 
+    if matches!(device, candle_core::Device::Cpu)
+        && let Err(why) = crate::ops::blas::status()
+    {
+        log(sink, format!("CPU matrix products through the gemm crate: {why}"));
+    }
+
     let mut cursor = DataCursor {
         train: &dataset.train,
         batch_size: bs,

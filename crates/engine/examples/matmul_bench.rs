@@ -1,0 +1,58 @@
+//! Throughput of the engine's CPU matrix products for the shapes of a training step: the frozen
+//! projection forward (`x · Wᵀ`) and its input gradient (`g · W`), with the weight in the Hugging
+//! Face `[out, in]` layout. Run it twice, with and without `FINETUNE_BLAS=off`, to compare the
+//! BLAS found at run time with the `gemm` crate on one machine:
+//!
+//! RAYON_NUM_THREADS=1 cargo run --release -p finetune-engine --example matmul_bench
+//! FINETUNE_BLAS=off RAYON_NUM_THREADS=1 cargo run --release -p finetune-engine --example matmul_bench
+
+use anyhow::Result;
+use candle_core::{Device, Tensor, Var};
+use finetune_engine::{device, ops};
+use std::time::Instant;
+
+fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut best = f64::MAX;
+    for _ in 0..runs {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+fn main() -> Result<()> {
+    device::init_cpu_threads();
+    let dev = Device::Cpu;
+    println!("device: {}", device::describe(&dev));
+    for (m, k, n) in [
+        (1, 1024, 2816),
+        (4, 1024, 2816),
+        (16, 1024, 2816),
+        (512, 1024, 16),
+        (16, 512, 1024),
+        (128, 1024, 2816),
+        (512, 1024, 2816),
+        (512, 2816, 1024),
+        (512, 1024, 1024),
+    ] {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (m, k), &dev)?)?;
+        let w = Tensor::randn(0f32, 0.02, (n, k), &dev)?;
+        let flops = 2.0 * (m * k * n) as f64;
+        let fwd = best_of(5, || {
+            ops::frozen_matmul(x.as_tensor(), &w)?;
+            Ok(())
+        })?;
+        // A backward pass through the product (dL/dx = g · W), less its forward.
+        let bwd = best_of(5, || {
+            ops::frozen_matmul(x.as_tensor(), &w)?.sum_all()?.backward()?;
+            Ok(())
+        })? - fwd;
+        println!(
+            "m {m:4} k {k:4} n {n:4}: x·Wᵀ {:6.1} GFLOP/s, g·W {:6.1} GFLOP/s",
+            flops / fwd / 1e9,
+            flops / bwd / 1e9
+        );
+    }
+    Ok(())
+}
