@@ -23,10 +23,11 @@ cargo build -q --release -p finetune-cli
 BIN=target/release/finetune-studio
 : >"$RESULTS"
 
-ours() { # method batch checkpointing [FINETUNE_BLAS] -> "tok/s peak_bytes"
+ours() { # method batch checkpointing [FINETUNE_BLAS] [model.frozen_dtype] -> "tok/s peak_bytes"
   rm -rf "$WORK/out"
   FINETUNE_BLAS=${4:-} RAYON_NUM_THREADS=$THREADS "$BIN" train --json --model "$MODEL" --data "$DATA" --output "$WORK/out" \
     --set method.kind=\"$1\" --set train.max_steps="$STEPS" --set train.batch_size="$2" --set data.max_len=128 \
+    --set model.frozen_dtype=\"${5:-compute}\" \
     --set lora.targets=all-linear --set lora.r=16 --set lora.dropout=0.0 --set train.grad_checkpointing="$3" \
     --set data.shuffle=false --set train.scheduler=\"constant\" \
     | "$PY" tools/bench/summarize_events.py | cut -d' ' -f1,2
@@ -45,6 +46,7 @@ for rep in $(seq "$REPS"); do
     record "$batch" finetune-studio "LoRA r16 all-linear" "$(ours lora "$batch" false)"
     record "$batch" "PyTorch + PEFT" "LoRA r16 all-linear" "$(peft lora "$batch")"
     record "$batch" finetune-studio "LoRA, gemm crate only (FINETUNE_BLAS=off)" "$(ours lora "$batch" false off)"
+    record "$batch" finetune-studio "LoRA, bf16 base as stored (model.frozen_dtype=stored)" "$(ours lora "$batch" false "" stored)"
     record "$batch" finetune-studio "LoRA + gradient checkpointing" "$(ours lora "$batch" true)"
     record "$batch" finetune-studio "full" "$(ours full "$batch" false)"
     record "$batch" "PyTorch" "full" "$(peft full "$batch")"
@@ -70,7 +72,9 @@ for (batch, impl, method), rs in runs.items():
 for batch in sorted({k[0] for k in med}):
     ours = lambda m: med[(batch, "finetune-studio", m)]
     lora, full, ck = ours("LoRA r16 all-linear"), ours("full"), ours("LoRA + gradient checkpointing")
+    st = ours("LoRA, bf16 base as stored (model.frozen_dtype=stored)")
     peft = med[(batch, "PyTorch + PEFT", "LoRA r16 all-linear")]
-    print(f"\nbatch {batch}: LoRA/full memory {lora[1] / full[1]:.2f} (with checkpointing {ck[1] / full[1]:.2f}), "
-          f"step time {full[0] / lora[0]:.2f}; LoRA vs PEFT tokens/s {lora[0] / peft[0]:.2f}x")
+    print(f"\nbatch {batch}: LoRA/full memory {lora[1] / full[1]:.2f} (bf16 base as stored {st[1] / full[1]:.2f}, "
+          f"with checkpointing {ck[1] / full[1]:.2f}), step time {full[0] / lora[0]:.2f}; "
+          f"LoRA vs PEFT tokens/s {lora[0] / peft[0]:.2f}x (bf16 base as stored {st[0] / peft[0]:.2f}x)")
 EOF

@@ -31,6 +31,9 @@ pub struct MemoryOptions {
     pub method: MethodKind,
     /// Bytes per base weight for full and LoRA (4 for f32, 2 for bf16/f16).
     pub weight_bytes: usize,
+    /// Bytes per frozen projection weight for LoRA when it differs from `weight_bytes`
+    /// (`model.frozen_dtype = "stored"`: the checkpoint's 16-bit values, 2).
+    pub frozen_projection_bytes: Option<usize>,
     /// Bytes per activation (the compute dtype; QLoRA computes in `quant.compute_dtype`).
     pub activation_bytes: usize,
     pub batch_size: usize,
@@ -155,7 +158,10 @@ pub fn estimate(d: &ModelDims, o: &MemoryOptions) -> MemoryEstimate {
 
     let (weights, trainable_params) = match o.method {
         MethodKind::Full => (p * w, p),
-        MethodKind::Lora => (p * w, lora_params(d, o.lora_r, &o.targets)),
+        MethodKind::Lora => {
+            let frozen = o.frozen_projection_bytes.map_or(w, |b| b as u64);
+            (p_lin * frozen + (p - p_lin) * w, lora_params(d, o.lora_r, &o.targets))
+        }
         MethodKind::Qlora => {
             let bits = nf4_bits_per_weight(o.quant_block, o.double_quant);
             let quantized = (p_lin as f64 * bits / 8.0).ceil() as u64;
@@ -189,9 +195,12 @@ pub fn options_for(cfg: &TrainConfig, method: MethodKind, default_targets: &[&st
     };
     let activation_bytes =
         if method == MethodKind::Qlora { dtype_bytes(&cfg.quant.compute_dtype) } else { weight_bytes };
+    // `stored` keeps 16-bit checkpoints as they are (the usual case; an f32 checkpoint stays f32).
+    let frozen_projection_bytes = (cfg.model.frozen_dtype == "stored" && weight_bytes > 2).then_some(2);
     MemoryOptions {
         method,
         weight_bytes,
+        frozen_projection_bytes,
         activation_bytes,
         batch_size: cfg.train.batch_size,
         seq_len: cfg.data.max_len,
@@ -224,6 +233,7 @@ mod tests {
         MemoryOptions {
             method,
             weight_bytes: 2,
+            frozen_projection_bytes: None,
             activation_bytes: 2,
             batch_size: batch,
             seq_len: seq,
@@ -323,5 +333,25 @@ mod tests {
         assert_eq!((o.weight_bytes, o.activation_bytes, o.batch_size, o.seq_len), (2, 2, 3, 256));
         assert!(o.grad_checkpointing, "QLoRA checkpoints by default");
         assert!(!options_for(&cfg, MethodKind::Lora, &[]).grad_checkpointing);
+    }
+
+    #[test]
+    fn a_stored_frozen_base_counts_its_projections_at_two_bytes() {
+        let mut cfg = TrainConfig::default();
+        cfg.model.device = "cpu".into(); // auto dtype: f32 compute
+        let compute = options_for(&cfg, MethodKind::Lora, &["q_proj", "v_proj"]);
+        cfg.model.frozen_dtype = "stored".into();
+        let stored = options_for(&cfg, MethodKind::Lora, &["q_proj", "v_proj"]);
+        assert_eq!((compute.frozen_projection_bytes, stored.frozen_projection_bytes), (None, Some(2)));
+        let d = llama_7b();
+        let (a, b) = (estimate(&d, &compute), estimate(&d, &stored));
+        let projections = linear_params(&d);
+        assert_eq!(a.weights - b.weights, 2 * projections, "projections at 2 bytes instead of 4");
+        assert_eq!(a.activations, b.activations, "activations stay f32");
+        // Full fine-tuning trains f32 weights whatever the setting.
+        assert_eq!(
+            estimate(&d, &options_for(&cfg, MethodKind::Full, &[])).weights,
+            4 * d.parameter_count() as u64
+        );
     }
 }

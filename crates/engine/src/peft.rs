@@ -114,6 +114,7 @@ impl PeftAdapter {
             targets: TargetSet::Paths(self.modules.clone()),
             seed,
             init_from: Some(self.weights.clone()),
+            keep_stored_dtype: false,
         }
     }
 }

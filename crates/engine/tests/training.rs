@@ -265,3 +265,81 @@ fn half_precision_compute_with_f32_adapters_tracks_f32() {
         assert!(saved.values().all(|t| t.dtype() == DType::F32));
     }
 }
+
+/// A copy of a fixture model with every tensor stored as `dtype` (bf16/f16).
+fn model_stored_as(family: &str, dtype: DType, dir: &Path) -> std::path::PathBuf {
+    let src = model_dir(family);
+    let dst = dir.join(format!("{family}-{dtype:?}"));
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let tensors: std::collections::HashMap<String, Tensor> =
+        tensors.into_iter().map(|(n, t)| (n, t.to_dtype(dtype).unwrap())).collect();
+    candle_core::safetensors::save(&tensors, dst.join("model.safetensors")).unwrap();
+    dst
+}
+
+/// Bytes per frozen projection weight, from the run's log line (biases included).
+fn frozen_bytes_per_weight(events: &[TrainEvent]) -> f64 {
+    let line = events
+        .iter()
+        .find_map(|e| match e {
+            TrainEvent::Log { message, .. } if message.starts_with("frozen projections") => {
+                Some(message.clone())
+            }
+            _ => None,
+        })
+        .expect("a log line on the frozen projections");
+    let n = line.rsplit_once('(').and_then(|(_, r)| r.split_whitespace().next()).and_then(|v| v.parse().ok());
+    n.unwrap_or_else(|| panic!("no bytes per weight in `{line}`"))
+}
+
+/// `model.frozen_dtype = "stored"` keeps a bf16/f16 checkpoint's projections at 2 bytes per
+/// weight and trains exactly like the f32 copy (widening is exact; only the order of the
+/// products' sums may differ).
+#[test]
+fn a_stored_16_bit_base_trains_like_its_f32_copy_in_half_the_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = reference_dataset("qwen2", tmp.path());
+    for dtype in [DType::BF16, DType::F16] {
+        let model = model_stored_as("qwen2", dtype, tmp.path());
+        let cfg = |frozen: &str| {
+            let mut c = config(
+                "qwen2",
+                &data,
+                &[
+                    "train.max_steps=4",
+                    "lora.targets=\"all-linear\"",
+                    &format!("model.frozen_dtype=\"{frozen}\""),
+                ],
+            );
+            c.model.path = model.clone();
+            c
+        };
+        let out = |name: &str| tmp.path().join(format!("{dtype:?}-{name}"));
+        let copy = run(&cfg("compute"), &out("compute"));
+        let stored = run(&cfg("stored"), &out("stored"));
+        // The projections drop to 2 bytes per weight; the output head (17 % of this tiny model's
+        // projection weights) stays f32 for the fused loss, and biases stay f32.
+        let (copy_bytes, stored_bytes) = (frozen_bytes_per_weight(&copy), frozen_bytes_per_weight(&stored));
+        assert!((4.0..4.1).contains(&copy_bytes), "f32 copy: {copy_bytes} bytes per weight");
+        assert!((2.3..2.6).contains(&stored_bytes), "stored: {stored_bytes} bytes per weight");
+        let (a, b) = (step_losses(&copy), step_losses(&stored));
+        assert_eq!(a.len(), 4);
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-5 * x.abs().max(1.0), "{dtype:?}: stored {b:?} vs f32 copy {a:?}");
+        }
+        assert!(a[3] < a[0], "loss should fall: {a:?}");
+        let load = |dir: std::path::PathBuf| {
+            candle_core::safetensors::load(dir.join("adapter_model.safetensors"), &Device::Cpu).unwrap()
+        };
+        let (ta, tb) = (load(out("compute")), load(out("stored")));
+        assert_eq!(ta.len(), tb.len());
+        for (name, t) in &ta {
+            let d = rel_diff(t, &tb[name]);
+            assert!(d < 1e-4, "{dtype:?} {name}: the stored base's adapter differs by {d}");
+        }
+    }
+}

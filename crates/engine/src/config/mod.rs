@@ -34,11 +34,20 @@ pub struct ModelSection {
     pub dtype: String,
     /// auto, cpu, cuda, cuda:N or metal.
     pub device: String,
+    /// How a frozen base (LoRA, evaluation) is held when the run computes in f32 on the CPU:
+    /// `compute` (an f32 copy, the fastest) or `stored` (the checkpoint's bf16/f16 values, half
+    /// the memory, widened exactly inside each product: the same results).
+    pub frozen_dtype: String,
 }
 
 impl Default for ModelSection {
     fn default() -> Self {
-        Self { path: PathBuf::new(), dtype: "auto".into(), device: "auto".into() }
+        Self {
+            path: PathBuf::new(),
+            dtype: "auto".into(),
+            device: "auto".into(),
+            frozen_dtype: "compute".into(),
+        }
     }
 }
 

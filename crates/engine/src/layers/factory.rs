@@ -46,6 +46,9 @@ pub struct AdapterPlan {
     pub seed: u64,
     /// Start adapters from these PEFT weights instead of a fresh initialisation.
     pub init_from: Option<Arc<dyn WeightSource>>,
+    /// Keep a frozen dense base in its stored bf16/f16 dtype when computing in f32 on the CPU
+    /// (`model.frozen_dtype = "stored"`).
+    pub keep_stored_dtype: bool,
 }
 
 impl AdapterPlan {
@@ -60,6 +63,7 @@ impl AdapterPlan {
             targets: TargetSet::Modules(vec![]),
             seed: 0,
             init_from: None,
+            keep_stored_dtype: false,
         }
     }
 
@@ -202,8 +206,33 @@ impl LayerFactory {
         if let Some(base) = self.quantized_base(path, in_dim, out_dim, b.clone())? {
             return self.wrap(path, base);
         }
+        if let Some(base) = self.half_base(path, in_dim, out_dim, b.clone())? {
+            return self.wrap(path, base);
+        }
         let w = self.tensor(&format!("{path}.weight"), &[out_dim, in_dim], self.dtype)?;
         self.linear_from(path, w, b)
+    }
+
+    /// A frozen base kept in its stored 16-bit dtype when the plan asks for it and the run
+    /// computes in f32 on the CPU (widened exactly inside each product, see
+    /// [`crate::quant::HalfRows`]): half the memory of an f32 copy, the same products.
+    fn half_base(
+        &self,
+        path: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: Option<Tensor>,
+    ) -> Result<Option<Box<dyn Linear>>> {
+        let name = format!("{path}.weight");
+        let Some(stored @ (DType::BF16 | DType::F16)) = self.weights.stored_dtype(&name) else {
+            return Ok(None);
+        };
+        if !self.plan.keep_stored_dtype || self.full() || !self.device.is_cpu() || self.dtype != DType::F32 {
+            return Ok(None);
+        }
+        let w = self.tensor(&name, &[out_dim, in_dim], stored)?;
+        let Some(q) = QuantWeight::from_half_tensor(&w)? else { return Ok(None) };
+        Ok(Some(Box::new(QuantLinear::new(q, bias, self.dtype, self.device.clone()))))
     }
 
     /// The output head (`lm_head`): adapted only when a target names it.

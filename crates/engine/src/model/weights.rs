@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 pub trait WeightSource: Send + Sync {
     fn contains(&self, name: &str) -> bool;
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// The dtype a tensor is stored in, where the source stores plain dense tensors.
+    fn stored_dtype(&self, _name: &str) -> Option<DType> {
+        None
+    }
     /// Loads a tensor converted to `dtype` on `device`.
     fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor>;
     fn names(&self) -> Vec<String>;
@@ -192,6 +196,10 @@ impl WeightSource for SafetensorsWeights {
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.entries.get(name).map(|e| e.shape.clone())
+    }
+
+    fn stored_dtype(&self, name: &str) -> Option<DType> {
+        self.dtype(name)
     }
 
     fn load(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {

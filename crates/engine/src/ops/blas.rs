@@ -196,11 +196,13 @@ impl Operand {
 }
 
 impl Blas {
-    /// `c[m, n] = (accumulate ? c : 0) + alpha · a · b` with `c` row-major. Returns false (and
-    /// touches nothing) when a dimension does not fit the library's 32-bit integers.
+    /// `c[m, n] = (accumulate ? c : 0) + alpha · a · b` with `c` row-major, rows `ldc` apart.
+    /// Returns false (and touches nothing) when a dimension does not fit the library's 32-bit
+    /// integers.
     ///
     /// # Safety
-    /// `a` and `b` must hold every element their operand views reach, and `c` `m · n` floats.
+    /// `a` and `b` must hold every element their operand views reach, and `c` `m` rows of `n`
+    /// floats, `ldc ≥ n` apart.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn sgemm(
         &self,
@@ -209,20 +211,20 @@ impl Blas {
         oa: Operand,
         b: *const f32,
         ob: Operand,
-        c: *mut f32,
+        (c, ldc): (*mut f32, usize),
         accumulate: bool,
         alpha: f32,
     ) -> bool {
         let fit = |v: usize| c_int::try_from(v).ok();
-        let (Some(m), Some(n), Some(k), Some(lda), Some(ldb)) =
-            (fit(m), fit(n), fit(k), fit(oa.ld), fit(ob.ld))
+        let (Some(m), Some(n), Some(k), Some(lda), Some(ldb), Some(ldc)) =
+            (fit(m), fit(n), fit(k), fit(oa.ld), fit(ob.ld), fit(ldc))
         else {
             return false;
         };
         let t = |o: Operand| if o.trans { TRANS } else { NO_TRANS };
         let beta = if accumulate { 1.0 } else { 0.0 };
         // SAFETY: the caller guarantees the extents; the library reads `a` and `b` and writes `c`.
-        unsafe { (self.sgemm)(ROW_MAJOR, t(oa), t(ob), m, n, k, alpha, a, lda, b, ldb, beta, c, n) };
+        unsafe { (self.sgemm)(ROW_MAJOR, t(oa), t(ob), m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) };
         true
     }
 }

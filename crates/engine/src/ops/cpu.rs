@@ -62,7 +62,7 @@ pub(crate) fn sgemm(
     // Sequential products run inside pool workers when there are several threads, and a BLAS with
     // its own threads must not be entered from several at once: there, they take the gemm crate.
     let blas = pick_blas(m, n, &b).filter(|_| threads() == 1);
-    sgemm_with(m, n, k, a, b, c, accumulate, alpha, gemm::Parallelism::None, blas)
+    sgemm_with(m, n, k, a, b, (c, n), accumulate, alpha, gemm::Parallelism::None, blas)
 }
 
 /// [`sgemm`] using the kernel thread pool, for one large product.
@@ -73,6 +73,21 @@ pub(crate) fn sgemm_par(
     a: Mat,
     b: Mat,
     c: &mut [f32],
+    accumulate: bool,
+    alpha: f32,
+) {
+    sgemm_par_ld(m, n, k, a, b, (c, n), accumulate, alpha)
+}
+
+/// [`sgemm_par`] into a destination with row stride `ldc ≥ n` (a column block of a wider matrix).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgemm_par_ld(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: (&mut [f32], usize),
     accumulate: bool,
     alpha: f32,
 ) {
@@ -98,19 +113,19 @@ fn sgemm_with(
     k: usize,
     a: Mat,
     b: Mat,
-    c: &mut [f32],
+    (c, ldc): (&mut [f32], usize),
     accumulate: bool,
     alpha: f32,
     par: gemm::Parallelism,
     blas: Option<&Blas>,
 ) {
-    assert!(c.len() >= m * n, "sgemm: destination too small");
     if m == 0 || n == 0 {
         return;
     }
+    assert!(ldc >= n && c.len() >= (m - 1) * ldc + n, "sgemm: destination too small");
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            c.chunks_mut(ldc).take(m).for_each(|row| row[..n].fill(0.0));
         }
         return;
     }
@@ -122,14 +137,24 @@ fn sgemm_with(
     {
         // SAFETY: the asserts above bound every element the views reach, and `c` holds m · n.
         let done = unsafe {
-            blas.sgemm((m, n, k), a.data.as_ptr(), oa, b.data.as_ptr(), ob, c.as_mut_ptr(), accumulate, alpha)
+            blas.sgemm(
+                (m, n, k),
+                a.data.as_ptr(),
+                oa,
+                b.data.as_ptr(),
+                ob,
+                (c.as_mut_ptr(), ldc),
+                accumulate,
+                alpha,
+            )
         };
         if done {
             return;
         }
     }
-    // SAFETY: the asserts above keep every access inside the slices, and the destination is a
-    // unique borrow, so it cannot alias the sources.
+    // SAFETY: the asserts above keep every access inside the slices (the destination's rows
+    // start every `ldc` and hold `n` values), and the destination is a unique borrow, so it cannot
+    // alias the sources.
     unsafe {
         gemm::gemm(
             m,
@@ -137,7 +162,7 @@ fn sgemm_with(
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            ldc as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
@@ -213,11 +238,19 @@ mod tests {
                 let (b_rows, b_cols) = if tb { (n, k) } else { (k, n) };
                 let b_data = random(b_rows * b_cols, &mut rng);
                 let b = if tb { Mat::rows_t(&b_data, k) } else { Mat::rows(&b_data, n) };
-                let start = random(m * n, &mut rng);
-                let (mut with_blas, mut with_gemm) = (start.clone(), start);
+                // The destination is padded too (a column block of a wider matrix); the padding
+                // must come through untouched.
+                let ldc = n + pad;
+                let start = random(m * ldc, &mut rng);
+                let (mut with_blas, mut with_gemm) = (start.clone(), start.clone());
                 let none = gemm::Parallelism::None;
-                sgemm_with(m, n, k, a, b, &mut with_blas, accumulate, alpha, none, Some(blas));
-                sgemm_with(m, n, k, a, b, &mut with_gemm, accumulate, alpha, none, None);
+                sgemm_with(m, n, k, a, b, (&mut with_blas, ldc), accumulate, alpha, none, Some(blas));
+                sgemm_with(m, n, k, a, b, (&mut with_gemm, ldc), accumulate, alpha, none, None);
+                for (i, ((x, y), s)) in with_blas.iter().zip(&with_gemm).zip(&start).enumerate() {
+                    if i % ldc >= n {
+                        assert!(x == s && y == s, "padding element {i} was written");
+                    }
+                }
                 for (i, (x, y)) in with_blas.iter().zip(&with_gemm).enumerate() {
                     let tol = 1e-5 * (k as f32).sqrt() * (1.0 + y.abs());
                     assert!(

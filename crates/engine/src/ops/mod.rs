@@ -5,7 +5,7 @@
 
 mod attention;
 pub mod blas;
-mod cpu;
+pub(crate) mod cpu;
 mod cross_entropy;
 mod frozen_matmul;
 mod gated;

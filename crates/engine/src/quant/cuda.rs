@@ -122,6 +122,8 @@ fn upload(w: &QuantWeight, dev: &CudaDevice) -> Result<GpuCopy> {
         QuantFormat::Ggml(g) => {
             GpuCopy::Ggml(g.to_qtensor(&Device::Cuda(dev.clone())).map_err(|e| cuda_err("GGUF upload", e))?)
         }
+        // The loader keeps 16-bit stores for CPU runs only; a GPU computes in the stored dtype.
+        QuantFormat::Half(_) => bail!("quantized matmul (CUDA): a 16-bit stored base is CPU-only"),
     })
 }
 

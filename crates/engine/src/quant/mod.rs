@@ -7,6 +7,7 @@
 mod double;
 mod four_bit;
 mod ggml;
+mod half;
 mod int8;
 mod matmul;
 
@@ -18,6 +19,7 @@ pub use double::{
 };
 pub use four_bit::{Absmax, FP4, FourBit, FourBitKind, NF4, quantize_4bit};
 pub use ggml::{GgmlRows, is_block_quantized};
+pub use half::HalfRows;
 pub use int8::Int8Rows;
 pub use matmul::quant_matmul;
 pub(crate) use matmul::quant_matmul_cpu;
@@ -102,6 +104,8 @@ pub enum QuantFormat {
     FourBit(FourBit),
     Int8(Int8Rows),
     Ggml(GgmlRows),
+    /// Not quantized: a bf16/f16 checkpoint's values as stored, widened exactly for f32 compute.
+    Half(HalfRows),
 }
 
 /// A frozen `[rows, cols]` (`[out, in]`) weight in a quantized format.
@@ -169,12 +173,20 @@ impl QuantWeight {
         Self::with_format(r, c, QuantFormat::Ggml(rows), compute)
     }
 
+    /// A 16-bit (bf16/f16) `[rows, cols]` tensor kept as stored, for f32 compute on the CPU;
+    /// `None` for any other dtype.
+    pub fn from_half_tensor(w: &Tensor) -> Result<Option<Self>> {
+        let (rows, cols) = w.dims2()?;
+        Ok(HalfRows::from_tensor(w)?.map(|h| Self::with_format(rows, cols, QuantFormat::Half(h), DType::F32)))
+    }
+
     /// Bytes held by codes and scales.
     pub fn bytes(&self) -> usize {
         match &self.format {
             QuantFormat::FourBit(q) => q.bytes(),
             QuantFormat::Int8(q) => q.bytes(),
             QuantFormat::Ggml(q) => q.bytes(),
+            QuantFormat::Half(h) => h.bytes(),
         }
     }
 
@@ -189,6 +201,7 @@ impl QuantWeight {
             ),
             QuantFormat::Int8(_) => "int8".into(),
             QuantFormat::Ggml(q) => format!("{:?}", q.dtype),
+            QuantFormat::Half(h) => format!("{:?} as stored", h.dtype).to_lowercase(),
         }
     }
 
@@ -205,6 +218,7 @@ impl QuantWeight {
             QuantFormat::FourBit(q) => q.dequantize_into(r0 * self.cols, out),
             QuantFormat::Int8(q) => q.dequantize_rows_into(r0, out),
             QuantFormat::Ggml(q) => q.dequantize_rows_into(r0, out)?,
+            QuantFormat::Half(h) => h.dequantize_rows_into(r0, out),
         }
         Ok(())
     }

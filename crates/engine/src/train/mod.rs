@@ -9,6 +9,7 @@ pub mod eta;
 pub mod events;
 pub mod faults;
 pub mod optim;
+mod optim_cpu;
 mod plan;
 pub mod recovery;
 pub mod schedule;

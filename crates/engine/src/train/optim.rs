@@ -1,9 +1,12 @@
 //! AdamW with f32 moments whatever the parameter dtype, identical to `torch.optim.AdamW`
 //! (decoupled weight decay, bias-corrected moments), with its state saved and restored by name.
-//! All arithmetic stays on the device: no host synchronisation per step.
+//! All arithmetic stays on the device: no host synchronisation per step. An f32 parameter on the
+//! CPU is updated in place by one fused pass ([`super::optim_cpu`]) with the same arithmetic as
+//! the tensor ops, bit for bit; elsewhere the update is a sequence of tensor ops.
 
+use super::optim_cpu::{FusedUpdate, Rates};
 use crate::error::{EngineError, Result};
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy)]
@@ -17,9 +20,37 @@ pub struct AdamWConfig {
 struct Slot {
     name: String,
     var: Var,
-    m: Tensor,
-    v: Tensor,
+    moments: Moments,
     decay: bool,
+}
+
+/// The first and second moments of one parameter.
+enum Moments {
+    /// On the parameter's device, updated by tensor ops.
+    Tensors { m: Tensor, v: Tensor },
+    /// Host memory next to an f32 CPU parameter, updated in place by the fused pass.
+    Host { m: Vec<f32>, v: Vec<f32> },
+}
+
+impl Moments {
+    fn zeros(var: &Var) -> Result<Self> {
+        Ok(if matches!(var.device(), Device::Cpu) && var.dtype() == DType::F32 {
+            Moments::Host { m: vec![0.0; var.elem_count()], v: vec![0.0; var.elem_count()] }
+        } else {
+            let z = Tensor::zeros(var.shape(), DType::F32, var.device())?;
+            Moments::Tensors { m: z.clone(), v: z }
+        })
+    }
+
+    fn tensors(&self, var: &Var) -> Result<(Tensor, Tensor)> {
+        Ok(match self {
+            Moments::Tensors { m, v } => (m.clone(), v.clone()),
+            Moments::Host { m, v } => (
+                Tensor::from_slice(m, var.shape(), &Device::Cpu)?,
+                Tensor::from_slice(v, var.shape(), &Device::Cpu)?,
+            ),
+        })
+    }
 }
 
 pub struct AdamW {
@@ -38,17 +69,14 @@ impl AdamW {
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
         let slots = params
             .into_iter()
-            .map(|(name, var)| {
-                let z = Tensor::zeros(var.shape(), DType::F32, var.device())?;
-                Ok(Slot { decay: decays(&name), name, var, m: z.clone(), v: z })
-            })
+            .map(|(name, var)| Ok(Slot { decay: decays(&name), moments: Moments::zeros(&var)?, name, var }))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { cfg, slots, step: 0 })
     }
 
     /// Bytes held by the moments.
     pub fn state_bytes(&self) -> usize {
-        self.slots.iter().map(|s| 2 * s.m.elem_count() * 4).sum()
+        self.slots.iter().map(|s| 2 * s.var.elem_count() * 4).sum()
     }
 
     /// One update with the gradients in `grads` (same order as the parameters).
@@ -65,19 +93,17 @@ impl AdamW {
         let bc1 = 1.0 - b1.powi(self.step as i32);
         let bc2_sqrt = (1.0 - b2.powi(self.step as i32)).sqrt();
         for (slot, g) in self.slots.iter_mut().zip(grads) {
-            let g = g.to_dtype(DType::F32)?;
-            let p = slot.var.as_tensor().to_dtype(DType::F32)?;
-            let p = if slot.decay && self.cfg.weight_decay > 0.0 {
-                (p * (1.0 - lr * self.cfg.weight_decay))?
-            } else {
-                p
-            };
-            slot.m = ((&slot.m * b1)? + (&g * (1.0 - b1))?)?;
-            slot.v = ((&slot.v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let denom = ((slot.v.sqrt()? / bc2_sqrt)? + self.cfg.eps)?;
-            let update = ((&slot.m / denom)? * (lr / bc1))?;
-            let p = (p - update)?.to_dtype(slot.var.dtype())?;
-            slot.var.set(&p)?;
+            let decay =
+                (slot.decay && self.cfg.weight_decay > 0.0).then_some(1.0 - lr * self.cfg.weight_decay);
+            let rates = Rates { decay, b1, b2, bc2_sqrt, eps: self.cfg.eps, step_size: lr / bc1 };
+            match &mut slot.moments {
+                Moments::Host { m, v } => FusedUpdate::apply(slot.var.as_tensor(), g, m, v, &rates)?,
+                Moments::Tensors { m, v } => {
+                    let (p, m2, v2) = rates.with_tensors(slot.var.as_tensor(), g, m, v)?;
+                    (*m, *v) = (m2, v2);
+                    slot.var.set(&p.to_dtype(slot.var.dtype())?)?;
+                }
+            }
         }
         Ok(())
     }
@@ -86,8 +112,11 @@ impl AdamW {
     pub fn state(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
         for s in &self.slots {
-            out.insert(format!("m.{}", s.name), s.m.clone());
-            out.insert(format!("v.{}", s.name), s.v.clone());
+            // A host copy of a few parameters' moments can only fail on allocation.
+            if let Ok((m, v)) = s.moments.tensors(&s.var) {
+                out.insert(format!("m.{}", s.name), m);
+                out.insert(format!("v.{}", s.name), v);
+            }
         }
         out
     }
@@ -95,20 +124,28 @@ impl AdamW {
     /// Restores moments saved by [`AdamW::state`]; every parameter must be present.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>, step: u64) -> Result<()> {
         for s in &mut self.slots {
-            for (prefix, slot) in [("m", &mut s.m), ("v", &mut s.v)] {
+            let get = |prefix: &str| -> Result<Tensor> {
                 let key = format!("{prefix}.{}", s.name);
                 let t = state
                     .get(&key)
                     .ok_or_else(|| EngineError::Other(format!("optimizer state lacks `{key}`")))?;
-                if t.dims() != slot.dims() {
+                if t.dims() != s.var.dims() {
                     return Err(EngineError::Other(format!(
                         "optimizer state `{key}` has shape {:?}, expected {:?}",
                         t.dims(),
-                        slot.dims()
+                        s.var.dims()
                     )));
                 }
-                *slot = t.to_dtype(DType::F32)?.to_device(slot.device())?;
-            }
+                Ok(t.to_dtype(DType::F32)?.to_device(s.var.device())?)
+            };
+            let (m, v) = (get("m")?, get("v")?);
+            s.moments = match s.moments {
+                Moments::Host { .. } => Moments::Host {
+                    m: m.flatten_all()?.to_vec1::<f32>()?,
+                    v: v.flatten_all()?.to_vec1::<f32>()?,
+                },
+                Moments::Tensors { .. } => Moments::Tensors { m, v },
+            };
         }
         self.step = step;
         Ok(())

@@ -41,6 +41,7 @@ pub fn adapter_plan(cfg: &TrainConfig, spec: &TargetInfo) -> Result<(AdapterPlan
         targets,
         seed: cfg.train.seed,
         init_from: None,
+        keep_stored_dtype: cfg.model.frozen_dtype == "stored",
     };
     if let (Some(dir), true) = (&cfg.lora.init_from, cfg.method.kind != MethodKind::Full) {
         let adapter = PeftAdapter::read(dir)?;
@@ -54,6 +55,7 @@ pub fn adapter_plan(cfg: &TrainConfig, spec: &TargetInfo) -> Result<(AdapterPlan
         let dropout = plan.dropout;
         plan = adapter.plan(cfg.method.kind, cfg.train.seed);
         plan.dropout = dropout;
+        plan.keep_stored_dtype = cfg.model.frozen_dtype == "stored";
     }
     Ok((plan, notes))
 }

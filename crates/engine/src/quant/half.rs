@@ -1,0 +1,67 @@
+//! A frozen base kept in the 16-bit format its checkpoint stores (bf16 or f16) while training
+//! computes in f32 on the CPU. Widening bf16/f16 to f32 is exact, so the products are the ones an
+//! f32 copy of the weight would give — PEFT's `dtype=torch.float32` loads that copy, at twice the
+//! memory. Here the weight is widened a chunk of rows at a time inside the op
+//! ([`super::quant_matmul`]), and a LoRA run holds its base in half the memory.
+
+use candle_core::{DType, Tensor};
+use half::{bf16, f16};
+
+/// A `[rows, cols]` matrix of bf16 or f16 values (their bits), row-major.
+#[derive(Debug, Clone)]
+pub struct HalfRows {
+    pub dtype: DType,
+    pub cols: usize,
+    pub bits: Vec<u16>,
+}
+
+impl HalfRows {
+    /// The values of a 2-D bf16/f16 tensor as stored; `None` for any other dtype.
+    pub fn from_tensor(t: &Tensor) -> candle_core::Result<Option<Self>> {
+        let (_, cols) = t.dims2()?;
+        let flat = t.flatten_all()?;
+        let bits = match t.dtype() {
+            DType::BF16 => flat.to_vec1::<bf16>()?.into_iter().map(bf16::to_bits).collect(),
+            DType::F16 => flat.to_vec1::<f16>()?.into_iter().map(f16::to_bits).collect(),
+            _ => return Ok(None),
+        };
+        Ok(Some(Self { dtype: t.dtype(), cols, bits }))
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bits.len() * 2
+    }
+
+    /// Widens rows `[r0, r0 + out.len() / cols)` to f32 (exact).
+    pub fn dequantize_rows_into(&self, r0: usize, out: &mut [f32]) {
+        let src = &self.bits[r0 * self.cols..r0 * self.cols + out.len()];
+        match self.dtype {
+            // bf16 is the top half of an f32: a shift (vectorised by the compiler).
+            DType::BF16 => out.iter_mut().zip(src).for_each(|(o, &b)| *o = f32::from_bits((b as u32) << 16)),
+            _ => out.iter_mut().zip(src).for_each(|(o, &b)| *o = f16::from_bits(b).to_f32()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn widening_is_exact_for_both_formats() -> candle_core::Result<()> {
+        let values: Vec<f32> = (0..24).map(|i| (i as f32 - 11.5) * 0.37).collect();
+        let w = Tensor::from_vec(values, (4, 6), &Device::Cpu)?;
+        for dtype in [DType::BF16, DType::F16] {
+            let stored = w.to_dtype(dtype)?;
+            let h = HalfRows::from_tensor(&stored)?.expect("16-bit");
+            assert_eq!(h.bytes(), 48);
+            let mut rows = vec![0f32; 12];
+            h.dequantize_rows_into(2, &mut rows);
+            let expected = stored.to_dtype(DType::F32)?.narrow(0, 2, 2)?.flatten_all()?.to_vec1::<f32>()?;
+            assert_eq!(rows, expected, "{dtype:?}");
+        }
+        assert!(HalfRows::from_tensor(&w)?.is_none(), "f32 is not a 16-bit store");
+        Ok(())
+    }
+}
