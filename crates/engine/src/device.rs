@@ -66,14 +66,14 @@ pub fn physical_cores() -> usize {
 }
 
 /// Sets `RAYON_NUM_THREADS` to the physical core count unless the user chose one, and prepares
-/// the BLAS's environment (kernel family, same thread count; see [`crate::ops::blas`]). Must run
+/// the BLAS's environment (kernel family, single-threaded; see [`crate::ops::blas`]). Must run
 /// at start-up, before any other thread and the first candle CPU op (rayon reads it once).
 pub fn init_cpu_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // SAFETY: called at start-up before any other thread exists.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", physical_cores().to_string()) };
     }
-    crate::ops::blas::prepare_env(candle_core::utils::get_num_threads());
+    crate::ops::blas::prepare_env();
 }
 
 /// Keeps freed activation buffers in the process's heap instead of returning them to the kernel.

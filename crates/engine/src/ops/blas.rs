@@ -11,8 +11,9 @@
 //! falls back to its slowest (Prescott, ~35 GFLOP/s) on CPUs it does not know, virtual machines
 //! included; so unless the user set `OPENBLAS_CORETYPE` we name the kernel family from the CPU's
 //! feature flags before loading it, and refuse a library whose kernels are still below what the
-//! CPU can run. And OpenBLAS starts one thread per logical CPU unless told otherwise; we give it
-//! the kernel thread count (physical cores).
+//! CPU can run. And OpenBLAS starts one spinning thread per logical CPU unless told otherwise; it
+//! runs single-threaded here, called side by side from the kernel pool's threads, each product
+//! split into column blocks (`ops::cpu`), so the process has one pool of threads, not two.
 //!
 //! `FINETUNE_BLAS=off` turns it off; `FINETUNE_BLAS=/path/to/libopenblas.so` picks a library.
 
@@ -47,8 +48,6 @@ pub struct Blas {
     sgemm: CblasSgemm,
     /// What the library is, for logs and the device line: `OpenBLAS SkylakeX`, `Accelerate`.
     pub name: String,
-    /// Threads the library may use for one product.
-    pub threads: usize,
 }
 
 /// Whether a BLAS is in use, and which, or why not.
@@ -69,10 +68,10 @@ fn state() -> &'static Result<Blas, String> {
     STATE.get_or_init(load)
 }
 
-/// Names OpenBLAS's kernel family for this CPU (`OPENBLAS_CORETYPE`) and its thread count, unless
-/// the user set them. Binaries call this at start-up, before any other thread exists; the loader
-/// calls it again (a no-op then) for library users and tests.
-pub fn prepare_env(threads: usize) {
+/// Names OpenBLAS's kernel family for this CPU (`OPENBLAS_CORETYPE`) and makes it single-threaded
+/// (`OPENBLAS_NUM_THREADS=1`), unless the user set them. Binaries call this at start-up, before
+/// any other thread exists; the loader calls it again (a no-op then) for library users and tests.
+pub fn prepare_env() {
     let set = |key: &str, value: &str| {
         if std::env::var_os(key).is_none() {
             // SAFETY: binaries call this first thing in `main`, before any thread exists; later
@@ -85,7 +84,9 @@ pub fn prepare_env(threads: usize) {
     if let Some(core) = core_for_this_cpu() {
         set("OPENBLAS_CORETYPE", core);
     }
-    set("OPENBLAS_NUM_THREADS", &threads.max(1).to_string());
+    // One thread: the kernel pool splits products across threads itself (see `ops::cpu`), and a
+    // second pool of OpenBLAS threads spinning beside it would take cores from it.
+    set("OPENBLAS_NUM_THREADS", "1");
 }
 
 /// OpenBLAS's kernel family for what this CPU can run, from its feature flags.
@@ -127,21 +128,20 @@ fn candidates() -> Result<Vec<String>, String> {
 }
 
 fn load() -> Result<Blas, String> {
-    let threads = super::cpu::threads();
-    prepare_env(threads);
+    prepare_env();
     let mut tried = Vec::new();
     for path in candidates()? {
         // SAFETY: loading a BLAS runs its initialisers, which only probe the CPU and start its
         // thread pool; the symbols are checked against the C BLAS signatures below.
         match unsafe { libloading::Library::new(&path) } {
-            Ok(lib) => return open(lib, &path, threads),
+            Ok(lib) => return open(lib, &path),
             Err(e) => tried.push(format!("{path}: {e}")),
         }
     }
     Err(format!("no BLAS library found ({}); install libopenblas0 for faster CPU training", tried.join("; ")))
 }
 
-fn open(lib: libloading::Library, path: &str, threads: usize) -> Result<Blas, String> {
+fn open(lib: libloading::Library, path: &str) -> Result<Blas, String> {
     // SAFETY: `cblas_sgemm` has the reference CBLAS signature in OpenBLAS and Accelerate; the
     // OpenBLAS extras are looked up by name and only called with their documented signatures.
     unsafe {
@@ -164,14 +164,14 @@ fn open(lib: libloading::Library, path: &str, threads: usize) -> Result<Blas, St
                     ));
                 }
                 if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"openblas_set_num_threads\0") {
-                    set(threads as c_int);
+                    set(1);
                 }
                 format!("OpenBLAS {core}")
             }
             None if path.contains("Accelerate") => "Accelerate".to_string(),
             None => format!("BLAS ({path})"),
         };
-        Ok(Blas { _lib: lib, sgemm, name, threads })
+        Ok(Blas { _lib: lib, sgemm, name })
     }
 }
 
@@ -196,6 +196,17 @@ impl Operand {
 }
 
 impl Blas {
+    /// Whether a product's dimensions fit the library's 32-bit integers.
+    pub(crate) fn fits(
+        &self,
+        (m, n, k): (usize, usize, usize),
+        oa: Operand,
+        ob: Operand,
+        ldc: usize,
+    ) -> bool {
+        [m, n, k, oa.ld, ob.ld, ldc].iter().all(|&v| c_int::try_from(v).is_ok())
+    }
+
     /// `c[m, n] = (accumulate ? c : 0) + alpha · a · b` with `c` row-major, rows `ldc` apart.
     /// Returns false (and touches nothing) when a dimension does not fit the library's 32-bit
     /// integers.

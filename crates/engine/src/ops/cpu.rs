@@ -25,7 +25,52 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
 
 /// Number of worker threads for kernels that parallelise over rows or heads.
 pub(crate) fn threads() -> usize {
+    #[cfg(test)]
+    if let Some(n) = THREADS_OVERRIDE.with(|c| c.get()) {
+        return n;
+    }
     candle_core::utils::get_num_threads().max(1)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Lets a test run the kernels' parallel paths whatever `RAYON_NUM_THREADS` says (CI runs
+    /// with one thread, where they would otherwise never run).
+    pub(crate) static THREADS_OVERRIDE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Elements per task when an elementwise kernel splits its output across the pool.
+pub(crate) const ELEMENTS_PER_TASK: usize = 1 << 14;
+
+/// Runs `f(first_index, chunk)` over `out` in chunks of `chunk` elements (a multiple of a row
+/// for row-wise kernels), on the kernel pool when there are several threads.
+pub(crate) fn par_chunks(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let chunk = chunk.max(1);
+    if threads() > 1 && out.len() > chunk {
+        use rayon::prelude::*;
+        out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i * chunk, c));
+    } else {
+        f(0, out);
+    }
+}
+
+/// [`par_chunks`] over two outputs of the same length, chunked alike.
+pub(crate) fn par_chunks2(
+    a: &mut [f32],
+    b: &mut [f32],
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send,
+) {
+    let chunk = chunk.max(1);
+    if threads() > 1 && a.len() > chunk {
+        use rayon::prelude::*;
+        a.par_chunks_mut(chunk)
+            .zip(b.par_chunks_mut(chunk))
+            .enumerate()
+            .for_each(|(i, (a, b))| f(i * chunk, a, b));
+    } else {
+        f(0, a, b);
+    }
 }
 
 /// A strided matrix view for [`sgemm`]: element (i, j) lives at `data[i * rs + j * cs]`.
@@ -59,9 +104,8 @@ pub(crate) fn sgemm(
     accumulate: bool,
     alpha: f32,
 ) {
-    // Sequential products run inside pool workers when there are several threads, and a BLAS with
-    // its own threads must not be entered from several at once: there, they take the gemm crate.
-    let blas = pick_blas(m, n, &b).filter(|_| threads() == 1);
+    // The BLAS runs single-threaded, so pool workers may call it side by side.
+    let blas = pick_blas(m, n, &b);
     sgemm_with(m, n, k, a, b, (c, n), accumulate, alpha, gemm::Parallelism::None, blas)
 }
 
@@ -106,6 +150,73 @@ fn pick_blas(m: usize, n: usize, b: &Mat) -> Option<&'static Blas> {
     super::blas::get().filter(|_| transposed_rhs && m >= 4 && n >= 64)
 }
 
+/// The narrowest column block a BLAS task gets when a product is split across the pool.
+const BLAS_MIN_COLUMNS: usize = 64;
+
+/// A destination pointer shared by tasks that write disjoint column blocks.
+#[derive(Clone, Copy)]
+struct Columns(*mut f32);
+// SAFETY: each task writes only its own columns of the destination (see `blas_in_column_blocks`).
+unsafe impl Send for Columns {}
+unsafe impl Sync for Columns {}
+
+impl Columns {
+    /// The destination from column `j` on (by value, so closures capture the `Sync` wrapper).
+    fn from_column(self, j: usize) -> *mut f32 {
+        self.0.wrapping_add(j)
+    }
+}
+
+/// The BLAS product split into `tasks` column blocks run on the kernel pool; the library itself
+/// runs single-threaded, so the process has one pool of threads instead of two competing ones.
+///
+/// # Safety
+/// The views must reach only elements inside their slices, and `c` must hold `m` rows of `n`
+/// values `ldc` apart.
+#[allow(clippy::too_many_arguments)]
+unsafe fn blas_in_column_blocks(
+    blas: &Blas,
+    (m, n, k): (usize, usize, usize),
+    (a, oa): (&Mat, Operand),
+    (b, ob): (&Mat, Operand),
+    (c, ldc): (&mut [f32], usize),
+    accumulate: bool,
+    alpha: f32,
+    tasks: usize,
+) -> bool {
+    if !blas.fits((m, n, k), oa, ob, ldc) {
+        return false;
+    }
+    let (a_ptr, b_ptr, c_ptr) = (a.data.as_ptr() as usize, b.data.as_ptr() as usize, Columns(c.as_mut_ptr()));
+    let width = n.div_ceil(tasks.max(1)).next_multiple_of(16);
+    let block = |t: usize| -> bool {
+        let (j0, j1) = (t * width, ((t + 1) * width).min(n));
+        if j0 >= j1 {
+            return true;
+        }
+        // SAFETY: columns [j0, j1) of b start `j0` columns (j0 · cs elements) in, those of c `j0`
+        // elements in; both stay inside the operands the caller vouched for, and no other task
+        // writes these columns of c.
+        unsafe {
+            blas.sgemm(
+                (m, j1 - j0, k),
+                a_ptr as *const f32,
+                oa,
+                (b_ptr as *const f32).add(j0 * b.cs),
+                ob,
+                (c_ptr.from_column(j0), ldc),
+                accumulate,
+                alpha,
+            )
+        }
+    };
+    if tasks <= 1 {
+        return block(0);
+    }
+    use rayon::prelude::*;
+    (0..tasks).into_par_iter().map(block).collect::<Vec<_>>().into_iter().all(|done| done)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn sgemm_with(
     m: usize,
@@ -135,18 +246,14 @@ fn sgemm_with(
     if let Some(blas) = blas
         && let (Some(oa), Some(ob)) = (Operand::of(m, k, a.rs, a.cs), Operand::of(k, n, b.rs, b.cs))
     {
-        // SAFETY: the asserts above bound every element the views reach, and `c` holds m · n.
+        let tasks = match par {
+            gemm::Parallelism::Rayon(t) => t.min(n / BLAS_MIN_COLUMNS).max(1),
+            _ => 1,
+        };
+        // SAFETY: the asserts above bound every element the views reach, and `c` holds m rows
+        // of n values, ldc apart.
         let done = unsafe {
-            blas.sgemm(
-                (m, n, k),
-                a.data.as_ptr(),
-                oa,
-                b.data.as_ptr(),
-                ob,
-                (c.as_mut_ptr(), ldc),
-                accumulate,
-                alpha,
-            )
+            blas_in_column_blocks(blas, (m, n, k), (&a, oa), (&b, ob), (c, ldc), accumulate, alpha, tasks)
         };
         if done {
             return;

@@ -16,6 +16,8 @@ mod rope;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;
+#[cfg(test)]
+mod parallel_tests;
 
 pub use attention::{AttentionMask, attention, attention_with_bias};
 pub use cross_entropy::{

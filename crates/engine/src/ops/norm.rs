@@ -116,6 +116,8 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let d = w.elem_count();
         let off = self.offset as f32;
+        // A frozen norm weight (LoRA) needs no dL/dw: skip its pass over every row.
+        let want_dw = w.track_op();
         let (dx, dw) = with_f32(x, |x| {
             with_f32(w, |w| {
                 with_f32(grad, |g| {
@@ -135,10 +137,12 @@ impl CustomOp2 for RmsNorm {
                         }
                     });
                     let mut dw = vec![0f32; d];
-                    for (xr, gr) in x.chunks(d).zip(g.chunks(d)) {
-                        let s = inv_rms(xr, self.eps);
-                        for j in 0..d {
-                            dw[j] += gr[j] * xr[j] * s;
+                    if want_dw {
+                        for (xr, gr) in x.chunks(d).zip(g.chunks(d)) {
+                            let s = inv_rms(xr, self.eps);
+                            for j in 0..d {
+                                dw[j] += gr[j] * xr[j] * s;
+                            }
                         }
                     }
                     Ok((dx, dw))
@@ -146,7 +150,7 @@ impl CustomOp2 for RmsNorm {
             })
         })?;
         let dx = Tensor::from_vec(dx, x.shape(), x.device())?;
-        let dw = if w.track_op() { Some(Tensor::from_vec(dw, w.shape(), w.device())?) } else { None };
+        let dw = if want_dw { Some(Tensor::from_vec(dw, w.shape(), w.device())?) } else { None };
         Ok((Some(dx), dw))
     }
 }
@@ -203,6 +207,8 @@ impl CustomOp3 for LayerNorm {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = w.elem_count();
+        // Frozen affine parameters (LoRA) need no gradients: skip their pass over every row.
+        let want_affine = w.track_op() || b.track_op();
         let (dx, dw, db) = with_f32(x, |x| {
             with_f32(w, |w| {
                 with_f32(grad, |g| {
@@ -227,11 +233,13 @@ impl CustomOp3 for LayerNorm {
                     });
                     let mut dw = vec![0f32; d];
                     let mut db = vec![0f32; d];
-                    for (xr, gr) in x.chunks(d).zip(g.chunks(d)) {
-                        let (mean, rstd) = moments(xr, self.eps);
-                        for j in 0..d {
-                            dw[j] += gr[j] * (xr[j] - mean) * rstd;
-                            db[j] += gr[j];
+                    if want_affine {
+                        for (xr, gr) in x.chunks(d).zip(g.chunks(d)) {
+                            let (mean, rstd) = moments(xr, self.eps);
+                            for j in 0..d {
+                                dw[j] += gr[j] * (xr[j] - mean) * rstd;
+                                db[j] += gr[j];
+                            }
                         }
                     }
                     Ok((dx, dw, db))

@@ -2,7 +2,7 @@
 //! the half-split ("rotate_half", Llama) and interleaved (GPT-J, GLM) pairings and partial
 //! rotation (only the first `rot_dim` features of each head rotate; the rest pass through).
 
-use super::cpu::slice;
+use super::cpu::{ELEMENTS_PER_TASK, par_chunks, slice};
 use super::use_cpu_kernels;
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Result, Shape, Tensor, bail};
 
@@ -124,20 +124,18 @@ struct RopeOp {
     inverse: bool,
 }
 
-impl CustomOp1 for RopeOp {
-    fn name(&self) -> &'static str {
-        "rope"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
-        let dims = l.dims();
-        let (t, heads, d) = (dims[1], dims[2], dims[3]);
-        let half = self.rot_dim / 2;
-        let sign = if self.inverse { -1f32 } else { 1f32 };
-        let mut out = x.to_vec();
-        for (row_idx, row) in out.chunks_mut(d).enumerate() {
-            let p = (row_idx / heads) % t;
+impl RopeOp {
+    /// Rotates `rows` (rows of `d` values, the first being row `first` of `[b, t, heads, d]`).
+    fn rotate(
+        &self,
+        rows: &mut [f32],
+        first: usize,
+        (t, heads, d): (usize, usize, usize),
+        half: usize,
+        sign: f32,
+    ) {
+        for (k, row) in rows.chunks_mut(d).enumerate() {
+            let p = ((first + k) / heads) % t;
             let cs = &self.cos[p * half..(p + 1) * half];
             let sn = &self.sin[p * half..(p + 1) * half];
             for i in 0..half {
@@ -151,6 +149,25 @@ impl CustomOp1 for RopeOp {
                 row[b] = xb * c + xa * s;
             }
         }
+    }
+}
+
+impl CustomOp1 for RopeOp {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let dims = l.dims();
+        let (t, heads, d) = (dims[1], dims[2], dims[3]);
+        let half = self.rot_dim / 2;
+        let sign = if self.inverse { -1f32 } else { 1f32 };
+        let mut out = x.to_vec();
+        let rows_per_task = (ELEMENTS_PER_TASK / d.max(1)).max(1);
+        par_chunks(&mut out, rows_per_task * d, |i0, rows| {
+            self.rotate(rows, i0 / d.max(1), (t, heads, d), half, sign)
+        });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
