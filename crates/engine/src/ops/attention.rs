@@ -5,7 +5,7 @@
 //! On the CPU it is one fused kernel whose backward recomputes the probabilities (no
 //! `[heads, T, S]` tensor is kept for backward); elsewhere it is composed from candle ops.
 
-use super::cpu::{Mat, sgemm, slice, threads, with_f32};
+use super::cpu::{Mat, sgemm, slice, threads, with_f32, zeroed};
 use super::use_cpu_kernels;
 use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -332,7 +332,7 @@ impl CustomOp3 for FusedAttention {
             sgemm(t, dv, s, Mat::rows(&p, s), dm.v(v, bi, ki), &mut o, false, 1.0);
             o
         });
-        let mut out = vec![0f32; b * t * h * dv];
+        let mut out = zeroed(b * t * h * dv);
         for (idx, o) in heads.iter().enumerate() {
             let (bi, hi) = (idx / h, idx % h);
             scatter(&mut out, o, dv, bi * t * h * dv + hi * dv, h * dv);
@@ -410,9 +410,9 @@ impl CustomOp3 for FusedAttention {
                 })
             })
         })?;
-        let mut dq = vec![0f32; b * t * h * d];
-        let mut dk = vec![0f32; b * s * kv * d];
-        let mut dvv = vec![0f32; b * s * kv * dv];
+        let mut dq = zeroed(b * t * h * d);
+        let mut dk = zeroed(b * s * kv * d);
+        let mut dvv = zeroed(b * s * kv * dv);
         for (task, (q_part, k_part, v_part)) in parts.iter().enumerate() {
             let (bi, ki) = (task / kv, task % kv);
             for gi in 0..group {

@@ -54,6 +54,33 @@ pub(crate) fn par_chunks(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [
     }
 }
 
+/// A zeroed buffer of `n` floats. Large ones are zeroed across the pool: on several threads a
+/// serial `memset` (and the page faults of fresh memory) of every activation-sized output was a
+/// tenth of a step.
+pub(crate) fn zeroed(n: usize) -> Vec<f32> {
+    if threads() == 1 || n < 4 * ELEMENTS_PER_TASK {
+        return vec![0.0; n];
+    }
+    use rayon::prelude::*;
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n]
+        .par_chunks_mut(ELEMENTS_PER_TASK)
+        .for_each(|c| c.iter_mut().for_each(|x| *x = std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: the first n elements were all written above.
+    unsafe { v.set_len(n) };
+    v
+}
+
+/// A copy of `src`, made across the pool when it is large (see [`zeroed`]).
+pub(crate) fn copied(src: &[f32]) -> Vec<f32> {
+    if threads() == 1 || src.len() < 4 * ELEMENTS_PER_TASK {
+        return src.to_vec();
+    }
+    let mut v = zeroed(src.len());
+    par_chunks(&mut v, ELEMENTS_PER_TASK, |i0, c| c.copy_from_slice(&src[i0..i0 + c.len()]));
+    v
+}
+
 /// [`par_chunks`] over two outputs of the same length, chunked alike.
 pub(crate) fn par_chunks2(
     a: &mut [f32],

@@ -1,7 +1,7 @@
 //! `x · Wᵀ` for a frozen weight W: backward returns dL/dx only. candle's own matmul would also
 //! compute and keep dL/dW for every frozen projection, which costs as much memory as the weights.
 
-use super::cpu::{Mat, sgemm_par, slice, with_f32};
+use super::cpu::{Mat, sgemm_par, slice, with_f32, zeroed};
 use super::use_cpu_kernels;
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -44,7 +44,7 @@ fn matmul_xwt<S: BackendStorage>(x: &S, xl: &Layout, w: &S, wl: &Layout) -> Resu
 fn xwt_f32(x: &[f32], xl: &Layout, w: &[f32], n: usize) -> Result<(CpuStorage, Shape)> {
     let k = w.len() / n.max(1);
     let m = x.len() / k.max(1);
-    let mut out = vec![0f32; m * n];
+    let mut out = zeroed(m * n);
     sgemm_par(m, n, k, Mat::rows(x, k), Mat::rows_t(w, k), &mut out, false, 1.0);
     let mut dims = xl.dims().to_vec();
     if let Some(last) = dims.last_mut() {
@@ -91,7 +91,7 @@ impl CustomOp1 for FrozenMatmul {
         if use_cpu_kernels(grad) && use_cpu_kernels(&self.w) {
             let dx = with_f32(grad, |g| {
                 with_f32(&self.w, |w| {
-                    let mut dx = vec![0f32; m * k];
+                    let mut dx = zeroed(m * k);
                     sgemm_par(m, k, n, Mat::rows(g, n), Mat::rows(w, k), &mut dx, false, 1.0);
                     Ok(dx)
                 })

@@ -1,7 +1,7 @@
 //! The gated MLP activation `act(gate) * up` (SwiGLU, GeGLU) as one CPU op: keeps no
 //! intermediate `act(gate)` tensor alive for backward and makes one pass instead of three.
 
-use super::cpu::{ELEMENTS_PER_TASK, par_chunks, par_chunks2, slice, with_f32};
+use super::cpu::{ELEMENTS_PER_TASK, par_chunks, par_chunks2, slice, with_f32, zeroed};
 use super::use_cpu_kernels;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
@@ -67,7 +67,7 @@ impl CustomOp2 for Gated {
         ul: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, u) = (slice(gs, gl)?, slice(us, ul)?);
-        let mut out = vec![0f32; g.len()];
+        let mut out = zeroed(g.len());
         par_chunks(&mut out, ELEMENTS_PER_TASK, |i0, o| {
             for ((o, &g), &u) in o.iter_mut().zip(&g[i0..]).zip(&u[i0..]) {
                 *o = self.0.eval(g).0 * u;
@@ -86,7 +86,7 @@ impl CustomOp2 for Gated {
         let (dg, du) = with_f32(gate, |g| {
             with_f32(up, |u| {
                 with_f32(dy, |dy| {
-                    let (mut dg, mut du) = (vec![0f32; g.len()], vec![0f32; g.len()]);
+                    let (mut dg, mut du) = (zeroed(g.len()), zeroed(g.len()));
                     par_chunks2(&mut dg, &mut du, ELEMENTS_PER_TASK, |i0, dg, du| {
                         let inputs = g[i0..].iter().zip(&u[i0..]).zip(&dy[i0..]);
                         for ((dg, du), ((&g, &u), &d)) in dg.iter_mut().zip(du.iter_mut()).zip(inputs) {

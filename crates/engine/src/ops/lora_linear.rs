@@ -3,7 +3,7 @@
 //! are recomputed), so an adapted projection costs one activation instead of five, and its
 //! backward returns dL/dx, dL/dA and dL/dB — never a gradient for the frozen base.
 
-use super::cpu::{Mat, sgemm_par, slice, with_f32};
+use super::cpu::{Mat, sgemm_par, slice, with_f32, zeroed};
 use crate::rng::Rng;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use std::sync::Arc;
@@ -151,7 +151,7 @@ impl CustomOp3 for LoraOp {
         let (k, n) = self.base.dims();
         let r = al.dims()[0];
         let m = x.len() / k;
-        let mut out = vec![0f32; m * n];
+        let mut out = zeroed(m * n);
         self.base.forward_into(x, m, &mut out)?;
         let xd = self.dropped(x);
         let mut xa = vec![0f32; m * r];
@@ -179,7 +179,7 @@ impl CustomOp3 for LoraOp {
                 with_f32(b, |b| {
                     with_f32(dy, |dy| {
                         let m = x.len() / k;
-                        let mut dx = vec![0f32; m * k];
+                        let mut dx = zeroed(m * k);
                         self.base.backward_into(dy, m, &mut dx, false)?;
                         // g = dY · B   [m, r]
                         let mut g = vec![0f32; m * r];
@@ -187,7 +187,7 @@ impl CustomOp3 for LoraOp {
                         let xd = self.dropped(x);
                         match &self.dropout {
                             Some(d) if d.p > 0.0 => {
-                                let mut t = vec![0f32; m * k];
+                                let mut t = zeroed(m * k);
                                 sgemm_par(
                                     m,
                                     k,

@@ -1,7 +1,7 @@
 //! RMSNorm and LayerNorm with correct gradients for the input and (when it is trained) the weight.
 //! candle's fused `rms_norm`/`layer_norm` record no backward at all.
 
-use super::cpu::{slice, threads, with_f32};
+use super::cpu::{slice, threads, with_f32, zeroed};
 use super::use_cpu_kernels;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -96,7 +96,7 @@ impl CustomOp2 for RmsNorm {
             bail!("rms norm: weight has {d} elements, input {:?}", xl.dims());
         }
         let off = self.offset as f32;
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeroed(x.len());
         par_rows(&mut out, d, |r, o| {
             let xr = &x[r * d..(r + 1) * d];
             let s = inv_rms(xr, self.eps);
@@ -121,7 +121,7 @@ impl CustomOp2 for RmsNorm {
         let (dx, dw) = with_f32(x, |x| {
             with_f32(w, |w| {
                 with_f32(grad, |g| {
-                    let mut dx = vec![0f32; x.len()];
+                    let mut dx = zeroed(x.len());
                     par_rows(&mut dx, d, |r, o| {
                         let xr = &x[r * d..(r + 1) * d];
                         let gr = &g[r * d..(r + 1) * d];
@@ -187,7 +187,7 @@ impl CustomOp3 for LayerNorm {
         if xl.dims().last() != Some(&d) || b.len() != d {
             bail!("layer norm: weight/bias have {d}/{} elements, input {:?}", b.len(), xl.dims());
         }
-        let mut out = vec![0f32; x.len()];
+        let mut out = zeroed(x.len());
         par_rows(&mut out, d, |r, o| {
             let xr = &x[r * d..(r + 1) * d];
             let (mean, rstd) = moments(xr, self.eps);
@@ -212,7 +212,7 @@ impl CustomOp3 for LayerNorm {
         let (dx, dw, db) = with_f32(x, |x| {
             with_f32(w, |w| {
                 with_f32(grad, |g| {
-                    let mut dx = vec![0f32; x.len()];
+                    let mut dx = zeroed(x.len());
                     par_rows(&mut dx, d, |r, o| {
                         let xr = &x[r * d..(r + 1) * d];
                         let gr = &g[r * d..(r + 1) * d];

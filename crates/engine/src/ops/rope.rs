@@ -2,7 +2,7 @@
 //! the half-split ("rotate_half", Llama) and interleaved (GPT-J, GLM) pairings and partial
 //! rotation (only the first `rot_dim` features of each head rotate; the rest pass through).
 
-use super::cpu::{ELEMENTS_PER_TASK, par_chunks, slice};
+use super::cpu::{ELEMENTS_PER_TASK, copied, par_chunks, slice};
 use super::use_cpu_kernels;
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Result, Shape, Tensor, bail};
 
@@ -163,7 +163,7 @@ impl CustomOp1 for RopeOp {
         let (t, heads, d) = (dims[1], dims[2], dims[3]);
         let half = self.rot_dim / 2;
         let sign = if self.inverse { -1f32 } else { 1f32 };
-        let mut out = x.to_vec();
+        let mut out = copied(x);
         let rows_per_task = (ELEMENTS_PER_TASK / d.max(1)).max(1);
         par_chunks(&mut out, rows_per_task * d, |i0, rows| {
             self.rotate(rows, i0 / d.max(1), (t, heads, d), half, sign)

@@ -89,17 +89,30 @@ impl InplaceOp2 for FusedUpdate<'_> {
         let (m, v) = &mut *moments;
         let r = self.rates;
         let (c1, c2, inv_bc2) = (1.0 - r.b1, 1.0 - r.b2, 1.0 / r.bc2_sqrt);
-        for i in 0..p.len() {
-            let gi = g[i];
-            let pi = match r.decay {
-                Some(d) => affine(p[i], d),
-                None => p[i],
-            };
-            let mi = affine(m[i], r.b1) + affine(gi, c1);
-            let vi = affine(v[i], r.b2) + affine(gi * gi, c2);
-            let denom = affine(vi.sqrt(), inv_bc2) + r.eps as f32;
-            p[i] = pi - affine(mi / denom, r.step_size);
-            (m[i], v[i]) = (mi, vi);
+        let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
+            for i in 0..p.len() {
+                let gi = g[i];
+                let pi = match r.decay {
+                    Some(d) => affine(p[i], d),
+                    None => p[i],
+                };
+                let mi = affine(m[i], r.b1) + affine(gi, c1);
+                let vi = affine(v[i], r.b2) + affine(gi * gi, c2);
+                let denom = affine(vi.sqrt(), inv_bc2) + r.eps as f32;
+                p[i] = pi - affine(mi / denom, r.step_size);
+                (m[i], v[i]) = (mi, vi);
+            }
+        };
+        const CHUNK: usize = 1 << 15;
+        if crate::ops::cpu::threads() > 1 && p.len() > CHUNK {
+            use rayon::prelude::*;
+            p.par_chunks_mut(CHUNK)
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .zip(g.par_chunks(CHUNK))
+                .for_each(|(((p, m), v), g)| update(p, m, v, g));
+        } else {
+            update(p, m, v, g);
         }
         Ok(())
     }
@@ -110,11 +123,21 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    /// Three steps of the fused pass and of the tensor ops from the same state: identical bits.
+    /// Three steps of the fused pass (sequential, and split across threads) and of the tensor
+    /// ops from the same state: identical bits.
     #[test]
     fn the_fused_pass_is_bit_identical_to_the_tensor_ops() -> Result<()> {
+        for threads in [1, 4] {
+            crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(Some(threads)));
+            let r = three_steps_both_ways(70_000);
+            crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(None));
+            r?;
+        }
+        Ok(())
+    }
+
+    fn three_steps_both_ways(n: usize) -> Result<()> {
         let dev = Device::Cpu;
-        let n = 1000;
         let init: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let fused = Var::from_slice(&init, n, &dev)?;
         let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
