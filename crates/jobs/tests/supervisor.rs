@@ -140,12 +140,19 @@ echo '{"event":"finished","step":0,"final_loss":null,"best_loss":null,"eval_loss
     let c = sup.submit(&new_job("cuda:0", 0)).unwrap().id;
     // Judged by the recorded start and finish times, not by catching a state while it lasts
     // (on a loaded machine a poll can miss a one-second run entirely).
+    // a and b were submitted in the same millisecond: either may run first.
+    let a_job = wait(&sup, &a, "a done", |j| j.status == JobStatus::Completed).await;
     let b_job = wait(&sup, &b, "b done", |j| j.status == JobStatus::Completed).await;
-    let a_job = sup.store().require_job(&a).unwrap();
     let c_job = wait(&sup, &c, "c done", |j| j.status == JobStatus::Completed).await;
-    assert_eq!(a_job.status, JobStatus::Completed);
-    assert!(b_job.started_at.unwrap() >= a_job.finished_at.unwrap(), "one at a time on the cpu");
-    assert!(c_job.started_at.unwrap() < a_job.finished_at.unwrap(), "c ran on its own device beside a");
+    let (first, second) =
+        if a_job.started_at <= b_job.started_at { (&a_job, &b_job) } else { (&b_job, &a_job) };
+    // The second starts only once the first's outcome is stored (the supervisor frees a device
+    // after that).
+    assert!(second.started_at.unwrap() >= first.finished_at.unwrap(), "one at a time on the cpu");
+    assert!(
+        c_job.started_at.unwrap() < first.finished_at.unwrap(),
+        "c ran on its own device beside the first"
+    );
     // A pending job can be paused (it leaves the queue) and cancelled.
     let d = sup.submit(&new_job("cpu", 0)).unwrap().id;
     let e = sup.submit(&new_job("cpu", 0)).unwrap().id;

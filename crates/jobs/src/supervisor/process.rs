@@ -227,8 +227,11 @@ async fn watch(sup: Supervisor, id: String, mut child: Child, mut kill_rx: onesh
     if let Err(e) = sup.inner.store.end_attempt(&id, code, outcome) {
         eprintln!("studio: job {id}: {e}");
     }
+    let transitioned = sup.transition(&id, &transition);
+    // The device is freed only once this job's outcome is stored, so a queued job never starts
+    // (and shows as running) while this one still reads as running.
     sup.slots().remove(&id);
-    match sup.transition(&id, &transition) {
+    match transitioned {
         Ok(job) if job.status == JobStatus::Pending => {
             let wait = super::backoff(sup.inner.cfg.restart_backoff, job.restarts);
             if let Err(e) =
