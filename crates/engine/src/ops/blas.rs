@@ -226,12 +226,11 @@ impl Blas {
         accumulate: bool,
         alpha: f32,
     ) -> bool {
-        let fit = |v: usize| c_int::try_from(v).ok();
-        let (Some(m), Some(n), Some(k), Some(lda), Some(ldb), Some(ldc)) =
-            (fit(m), fit(n), fit(k), fit(oa.ld), fit(ob.ld), fit(ldc))
-        else {
+        if !self.fits((m, n, k), oa, ob, ldc) {
             return false;
-        };
+        }
+        let (m, n, k, lda, ldb, ldc) =
+            (m as c_int, n as c_int, k as c_int, oa.ld as c_int, ob.ld as c_int, ldc as c_int);
         let t = |o: Operand| if o.trans { TRANS } else { NO_TRANS };
         let beta = if accumulate { 1.0 } else { 0.0 };
         // SAFETY: the caller guarantees the extents; the library reads `a` and `b` and writes `c`.

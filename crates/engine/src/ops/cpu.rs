@@ -2,7 +2,7 @@
 //! (through a tuned BLAS when the machine has one, see [`super::blas`], else the `gemm` crate).
 
 use super::blas::{Blas, Operand};
-use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, bail};
+use candle_core::{CpuStorage, Layout, Result, Shape, Storage, Tensor, bail};
 
 /// The contiguous f32 slice behind a storage and layout.
 pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -21,6 +21,33 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
         Storage::Cpu(s) => f(slice(s, layout)?),
         _ => bail!("kernel expects a CPU tensor"),
     }
+}
+
+/// `x · wᵀ` for `x` `[.., k]` and `w` `[n, k]` (a projection's forward): the `[.., n]` values.
+pub(crate) fn xwt(x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
+    let k = w.len() / n.max(1);
+    let m = x.len() / k.max(1);
+    let mut out = zeroed(m * n);
+    sgemm_par(m, n, k, Mat::rows(x, k), Mat::rows_t(w, k), &mut out, false, 1.0);
+    out
+}
+
+/// `g · w` for `g` `[.., n]` and `w` `[n, k]` (the input gradient of [`xwt`]).
+pub(crate) fn gw(g: &[f32], w: &[f32], n: usize) -> Vec<f32> {
+    let k = w.len() / n.max(1);
+    let m = g.len() / n.max(1);
+    let mut dx = zeroed(m * k);
+    sgemm_par(m, k, n, Mat::rows(g, n), Mat::rows(w, k), &mut dx, false, 1.0);
+    dx
+}
+
+/// `dims` with the last dimension replaced by `n` (a projection's output shape).
+pub(crate) fn with_last_dim(dims: &[usize], n: usize) -> Shape {
+    let mut out = dims.to_vec();
+    if let Some(last) = out.last_mut() {
+        *last = n;
+    }
+    Shape::from(out)
 }
 
 /// Number of worker threads for kernels that parallelise over rows or heads.

@@ -1,7 +1,7 @@
 //! `x · Wᵀ` for a frozen weight W: backward returns dL/dx only. candle's own matmul would also
 //! compute and keep dL/dW for every frozen projection, which costs as much memory as the weights.
 
-use super::cpu::{Mat, sgemm_par, slice, with_f32, zeroed};
+use super::cpu::{gw, slice, with_f32, with_last_dim, xwt};
 use super::use_cpu_kernels;
 use candle_core::backend::BackendStorage;
 use candle_core::{
@@ -33,24 +33,7 @@ fn matmul_xwt<S: BackendStorage>(x: &S, xl: &Layout, w: &S, wl: &Layout) -> Resu
     let x2 = Layout::contiguous_with_offset((m, k), xl.start_offset());
     let wt = wl.transpose(0, 1)?;
     let out = x.matmul(w, (1, m, n, k), &x2, &wt)?;
-    let mut out_dims = dims.to_vec();
-    if let Some(last) = out_dims.last_mut() {
-        *last = n;
-    }
-    Ok((out, Shape::from(out_dims)))
-}
-
-/// `x · wᵀ` for f32 on the CPU through the tuned product ([`sgemm_par`]).
-fn xwt_f32(x: &[f32], xl: &Layout, w: &[f32], n: usize) -> Result<(CpuStorage, Shape)> {
-    let k = w.len() / n.max(1);
-    let m = x.len() / k.max(1);
-    let mut out = zeroed(m * n);
-    sgemm_par(m, n, k, Mat::rows(x, k), Mat::rows_t(w, k), &mut out, false, 1.0);
-    let mut dims = xl.dims().to_vec();
-    if let Some(last) = dims.last_mut() {
-        *last = n;
-    }
-    Ok((CpuStorage::F32(out), Shape::from(dims)))
+    Ok((out, with_last_dim(dims, n)))
 }
 
 impl CustomOp1 for FrozenMatmul {
@@ -62,7 +45,8 @@ impl CustomOp1 for FrozenMatmul {
         let (w, wl) = self.w.storage_and_layout();
         match &*w {
             Storage::Cpu(w @ CpuStorage::F32(_)) if matches!(s, CpuStorage::F32(_)) => {
-                xwt_f32(slice(s, l)?, l, slice(w, wl)?, wl.dims()[0])
+                let n = wl.dims()[0];
+                Ok((CpuStorage::F32(xwt(slice(s, l)?, slice(w, wl)?, n)), with_last_dim(l.dims(), n)))
             }
             Storage::Cpu(w) => matmul_xwt(s, l, w, wl),
             _ => bail!("frozen matmul: weight and input are on different devices"),
@@ -86,16 +70,10 @@ impl CustomOp1 for FrozenMatmul {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let (n, k) = self.w.dims2()?;
+        let n = self.w.dim(0)?;
         let m = grad.elem_count() / n;
         if use_cpu_kernels(grad) && use_cpu_kernels(&self.w) {
-            let dx = with_f32(grad, |g| {
-                with_f32(&self.w, |w| {
-                    let mut dx = zeroed(m * k);
-                    sgemm_par(m, k, n, Mat::rows(g, n), Mat::rows(w, k), &mut dx, false, 1.0);
-                    Ok(dx)
-                })
-            })?;
+            let dx = with_f32(grad, |g| with_f32(&self.w, |w| Ok(gw(g, w, n))))?;
             return Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?));
         }
         let dx = grad.contiguous()?.reshape((m, n))?.matmul(&self.w)?;

@@ -3,7 +3,7 @@
 //! [`super::cpu`] (a BLAS when there is one) instead of candle's matmul; elsewhere it is candle's
 //! own differentiable matmul.
 
-use super::cpu::{Mat, sgemm_par, slice, with_f32, zeroed};
+use super::cpu::{Mat, gw, sgemm_par, slice, with_f32, with_last_dim, xwt, zeroed};
 use super::use_cpu_kernels;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
@@ -42,17 +42,8 @@ impl CustomOp2 for LinearMatmul {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (slice(xs, xl)?, slice(ws, wl)?);
         let n = wl.dims()[0];
-        let k = w.len() / n.max(1);
-        let m = x.len() / k.max(1);
-        let mut out = zeroed(m * n);
-        sgemm_par(m, n, k, Mat::rows(x, k), Mat::rows_t(w, k), &mut out, false, 1.0);
-        let mut dims = xl.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok((CpuStorage::F32(xwt(slice(xs, xl)?, slice(ws, wl)?, n)), with_last_dim(xl.dims(), n)))
     }
 
     fn bwd(
@@ -68,11 +59,7 @@ impl CustomOp2 for LinearMatmul {
         let (dx, dw) = with_f32(x, |x| {
             with_f32(w, |w| {
                 with_f32(g, |g| {
-                    let dx = x_needs_grad.then(|| {
-                        let mut dx = zeroed(m * k);
-                        sgemm_par(m, k, n, Mat::rows(g, n), Mat::rows(w, k), &mut dx, false, 1.0);
-                        dx
-                    });
+                    let dx = x_needs_grad.then(|| gw(g, w, n));
                     let mut dw = zeroed(n * k);
                     sgemm_par(n, k, m, Mat::rows_t(g, n), Mat::rows(x, k), &mut dw, false, 1.0);
                     Ok((dx, dw))

@@ -3,7 +3,7 @@
 //! are recomputed), so an adapted projection costs one activation instead of five, and its
 //! backward returns dL/dx, dL/dA and dL/dB — never a gradient for the frozen base.
 
-use super::cpu::{Mat, sgemm_par, slice, with_f32, zeroed};
+use super::cpu::{Mat, sgemm_par, slice, with_f32, with_last_dim, zeroed};
 use crate::rng::Rng;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use std::sync::Arc;
@@ -157,11 +157,7 @@ impl CustomOp3 for LoraOp {
         let mut xa = vec![0f32; m * r];
         sgemm_par(m, r, k, Mat::rows(&xd, k), Mat::rows_t(a, k), &mut xa, false, 1.0);
         sgemm_par(m, n, r, Mat::rows(&xa, r), Mat::rows_t(b, r), &mut out, true, self.scale);
-        let mut dims = xl.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(dims)))
+        Ok((CpuStorage::F32(out), with_last_dim(xl.dims(), n)))
     }
 
     fn bwd(

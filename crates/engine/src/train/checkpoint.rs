@@ -112,7 +112,7 @@ pub fn write_checkpoint(
         }
         _ => peft::write_adapter(&partial, model, &config.lora, &config.model.path.to_string_lossy())?,
     }
-    save_tensors(&partial.join(OPTIMIZER_FILE), &opt.state())?;
+    save_tensors(&partial.join(OPTIMIZER_FILE), &opt.state()?)?;
     fsutil::write_json(&partial.join(STATE_FILE), state)?;
     fsutil::write_atomic(&partial.join("train_config.toml"), config.to_toml().as_bytes())?;
     if super::faults::Faults::from_env().at(super::faults::Fault::CheckpointIo, state.step) {
