@@ -216,7 +216,7 @@ unsafe impl Sync for Columns {}
 
 impl Columns {
     /// The destination from column `j` on (by value, so closures capture the `Sync` wrapper).
-    fn from_column(self, j: usize) -> *mut f32 {
+    fn at_column(self, j: usize) -> *mut f32 {
         self.0.wrapping_add(j)
     }
 }
@@ -258,7 +258,7 @@ unsafe fn blas_in_column_blocks(
                 oa,
                 (b_ptr as *const f32).add(j0 * b.cs),
                 ob,
-                (c_ptr.from_column(j0), ldc),
+                (c_ptr.at_column(j0), ldc),
                 accumulate,
                 alpha,
             )
