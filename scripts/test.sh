@@ -18,6 +18,14 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 start=$(date +%s)
 step() { echo; echo "== $* (+$(( $(date +%s) - start ))s)"; }
+# An end-to-end suite that stops making progress fails after this long instead of holding CI
+# until its own limit (each suite takes under a minute here).
+e2e_limit() {
+  local rc=0
+  timeout --kill-after=30 900 "$@" || rc=$?
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then echo "error: '$*' did not finish within 15 minutes" >&2; fi
+  return "$rc"
+}
 
 step "system packages"
 apt_install build-essential pkg-config curl ca-certificates libopenblas0 \
@@ -49,9 +57,9 @@ step "TensorBoard files read back by the tensorboard package (its own virtualenv
 scripts/check_tensorboard.sh
 
 step "browser E2E (headless Chromium, real studio and workers)"
-(cd tests/e2e && node --test --test-concurrency=1 browser/)
+(cd tests/e2e && e2e_limit node --test --test-concurrency=1 browser/)
 
 step "desktop E2E (Xvfb + tauri-driver)"
-(cd tests/e2e && xvfb-run -a --server-args="-screen 0 1280x800x24" node --test --test-concurrency=1 desktop/)
+(cd tests/e2e && e2e_limit xvfb-run -a --server-args="-screen 0 1280x800x24" node --test --test-concurrency=1 desktop/)
 
 step "done"

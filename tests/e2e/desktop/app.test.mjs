@@ -6,7 +6,7 @@
 // download into Downloads. Real workers, tiny fixture model.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -16,7 +16,30 @@ import { BIN, FIXTURES, ROOT, waitFor } from '../lib/studio.mjs';
 const APP = process.env.FINETUNE_DESKTOP_BIN ?? join(ROOT, 'target/debug/finetune-studio-desktop');
 const DRIVER = process.env.TAURI_DRIVER ?? 'tauri-driver';
 const SHOTS = join(ROOT, 'target/e2e-screenshots');
+// tauri-driver, WebKitWebDriver, the app, its web processes and its workers write here. Not to
+// this test's stderr: tauri-driver gives WebKitWebDriver (and so everything below it) its own
+// stderr, and a process of that tree still alive after the tests would hold the test runner's
+// pipe open, so `node --test` would never exit (a CI run hung that way for an hour).
+const LOG = join(ROOT, 'target/e2e-logs/desktop.log');
 let driver, browser, home;
+
+/** Waits for `promise`, or `ms` at most (without keeping the process alive afterwards). */
+function within(promise, ms) {
+  let timer;
+  const late = new Promise((r) => { timer = setTimeout(r, ms); });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+/** Stops tauri-driver's whole process group: politely, then for sure. */
+async function stopDriver() {
+  if (!driver || driver.exitCode !== null || driver.signalCode !== null) return;
+  const exited = new Promise((r) => driver.once('exit', r));
+  const signal = (s) => { try { process.kill(-driver.pid, s); } catch { /* already gone */ } };
+  signal('SIGTERM');
+  await within(exited, 5000);
+  signal('SIGKILL');
+  await exited;
+}
 
 before(async () => {
   home = mkdtempSync(join(tmpdir(), 'desktop-e2e-'));
@@ -25,8 +48,11 @@ before(async () => {
   mkdirSync(join(home, '.config'), { recursive: true });
   mkdirSync(join(home, 'Downloads'));
   writeFileSync(join(home, '.config/user-dirs.dirs'), 'XDG_DOWNLOAD_DIR="$HOME/Downloads"\n');
+  mkdirSync(join(ROOT, 'target/e2e-logs'), { recursive: true });
+  const log = openSync(LOG, 'w');
   driver = spawn(DRIVER, ['--port', '4444'], {
-    stdio: ['ignore', 'inherit', 'inherit'],
+    stdio: ['ignore', log, log],
+    detached: true,
     env: {
       ...process.env,
       HOME: home,
@@ -36,6 +62,13 @@ before(async () => {
       FINETUNE_TELEMETRY_MS: '1000',
       RAYON_NUM_THREADS: '1',
     },
+  });
+  closeSync(log);
+  // A failed run shows the end of that log (CI keeps only what was printed).
+  process.once('exit', (code) => {
+    if (!code) return;
+    const tail = readFileSync(LOG, 'utf8').split('\n').slice(-60).join('\n');
+    process.stderr.write(`--- last lines of ${LOG}\n${tail}\n`);
   });
   await waitFor('tauri-driver to listen', async () => {
     try { return (await fetch('http://127.0.0.1:4444/status')).ok; } catch { return false; }
@@ -47,8 +80,8 @@ before(async () => {
 });
 
 after(async () => {
-  await browser?.deleteSession().catch(() => {});
-  driver?.kill('SIGTERM');
+  await within(browser?.deleteSession().catch(() => {}), 10000);
+  await stopDriver();
   rmSync(home, { recursive: true, force: true });
 });
 
