@@ -131,6 +131,24 @@ impl LoraOp {
             _ => std::borrow::Cow::Borrowed(x),
         }
     }
+
+    /// `dL/dx = dY · W + scale · (g · A) ⊙ mask`, with `g = dY · B` `[m, r]`.
+    fn input_grad(&self, dy: &[f32], g: &[f32], a: &[f32], m: usize) -> Result<Vec<f32>> {
+        let (k, _) = self.base.dims();
+        let r = g.len() / m.max(1);
+        let mut dx = zeroed(m * k);
+        self.base.backward_into(dy, m, &mut dx, false)?;
+        match &self.dropout {
+            Some(d) if d.p > 0.0 => {
+                let mut t = zeroed(m * k);
+                sgemm_par(m, k, r, Mat::rows(g, r), Mat::rows(a, k), &mut t, false, self.scale);
+                let mask = d.mask(m * k);
+                dx.iter_mut().zip(t.iter().zip(&mask)).for_each(|(o, (t, mk))| *o += t * mk);
+            }
+            _ => sgemm_par(m, k, r, Mat::rows(g, r), Mat::rows(a, k), &mut dx, true, self.scale),
+        }
+        Ok(dx)
+    }
 }
 
 impl CustomOp3 for LoraOp {
@@ -170,44 +188,18 @@ impl CustomOp3 for LoraOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (k, n) = self.base.dims();
         let r = a.dim(0)?;
+        // The first layer's input comes from frozen embeddings: no product for a gradient nobody reads.
+        let x_needs_grad = x.track_op();
         let (dx, da, db) = with_f32(x, |x| {
             with_f32(a, |a| {
                 with_f32(b, |b| {
                     with_f32(dy, |dy| {
                         let m = x.len() / k;
-                        let mut dx = zeroed(m * k);
-                        self.base.backward_into(dy, m, &mut dx, false)?;
                         // g = dY · B   [m, r]
                         let mut g = vec![0f32; m * r];
                         sgemm_par(m, r, n, Mat::rows(dy, n), Mat::rows(b, r), &mut g, false, 1.0);
                         let xd = self.dropped(x);
-                        match &self.dropout {
-                            Some(d) if d.p > 0.0 => {
-                                let mut t = zeroed(m * k);
-                                sgemm_par(
-                                    m,
-                                    k,
-                                    r,
-                                    Mat::rows(&g, r),
-                                    Mat::rows(a, k),
-                                    &mut t,
-                                    false,
-                                    self.scale,
-                                );
-                                let mask = d.mask(m * k);
-                                dx.iter_mut().zip(t.iter().zip(&mask)).for_each(|(o, (t, mk))| *o += t * mk);
-                            }
-                            _ => sgemm_par(
-                                m,
-                                k,
-                                r,
-                                Mat::rows(&g, r),
-                                Mat::rows(a, k),
-                                &mut dx,
-                                true,
-                                self.scale,
-                            ),
-                        }
+                        let dx = if x_needs_grad { Some(self.input_grad(dy, &g, a, m)?) } else { None };
                         // dA = scale · gᵀ · xd   [r, k]
                         let mut da = vec![0f32; r * k];
                         sgemm_par(r, k, m, Mat::rows_t(&g, r), Mat::rows(&xd, k), &mut da, false, self.scale);
@@ -223,7 +215,7 @@ impl CustomOp3 for LoraOp {
         })?;
         let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
+            dx.map(|dx| Tensor::from_vec(dx, x.shape(), dev)).transpose()?,
             a.track_op().then(|| Tensor::from_vec(da, a.shape(), dev)).transpose()?,
             b.track_op().then(|| Tensor::from_vec(db, b.shape(), dev)).transpose()?,
         ))
@@ -301,6 +293,28 @@ mod tests {
                 1e-2,
                 2e-3,
             )?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn an_input_without_gradient_gets_none_and_the_adapter_the_same_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = randn(&[3, 6], 11, &dev)?;
+        let w = randn(&[5, 6], 12, &dev)?;
+        let (a, b) =
+            (Var::from_tensor(&randn(&[2, 6], 13, &dev)?)?, Var::from_tensor(&randn(&[5, 2], 14, &dev)?)?);
+        let kernel: Arc<dyn FrozenKernel> = Arc::new(DenseKernel { weight: w, bias: None });
+        let grads_for = |x: &Tensor| -> Result<_> {
+            let y = lora_linear(x, a.as_tensor(), b.as_tensor(), kernel.clone(), 0.5, None)?;
+            y.sqr()?.sum_all()?.backward()
+        };
+        let tracked = Var::from_tensor(&x)?;
+        let (with_dx, without_dx) = (grads_for(tracked.as_tensor())?, grads_for(&x)?);
+        assert!(with_dx.get(tracked.as_tensor()).is_some());
+        assert!(without_dx.get(&x).is_none(), "a frozen input got a gradient");
+        for v in [&a, &b] {
+            assert_close(with_dx.get(v.as_tensor()).unwrap(), without_dx.get(v.as_tensor()).unwrap(), 0.0)?;
         }
         Ok(())
     }
