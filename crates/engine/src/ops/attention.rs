@@ -7,6 +7,7 @@
 
 use super::cpu::{Mat, sgemm, slice, threads, with_f32, zeroed};
 use super::use_cpu_kernels;
+use super::vexp::exp_shifted;
 use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
@@ -289,11 +290,8 @@ impl FusedAttention {
                 continue; // a query that sees nothing attends to nothing
             }
             let max = live.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for x in live.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
+            exp_shifted(live, max);
+            let sum: f32 = live.iter().sum();
             let inv = 1.0 / sum;
             live.iter_mut().for_each(|x| *x *= inv);
         }

@@ -4,6 +4,7 @@
 //! logits: it walks the rows in chunks, forward and backward.
 
 use super::cpu::{Mat, sgemm, slice, threads, with_f32};
+use super::vexp::exp_shifted;
 use super::{frozen_matmul, use_cpu_kernels};
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -73,11 +74,8 @@ fn check_targets(n: usize, v: usize, targets: &[u32]) -> Result<()> {
 /// In place: row ← softmax(row); returns `-log p[target]`.
 fn softmax_row(row: &mut [f32], target: usize) -> f64 {
     let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x as f64;
-    }
+    exp_shifted(row, max);
+    let sum: f64 = row.iter().map(|&x| x as f64).sum();
     let inv = (1.0 / sum) as f32;
     let loss = -((row[target] as f64 / sum).ln());
     row.iter_mut().for_each(|x| *x *= inv);

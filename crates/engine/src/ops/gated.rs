@@ -3,6 +3,7 @@
 
 use super::cpu::{ELEMENTS_PER_TASK, par_chunks, par_chunks2, slice, with_f32, zeroed};
 use super::use_cpu_kernels;
+use super::vexp::{silu_gated, silu_gated_backward, silu_scalar};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 
 /// Activations with a fused kernel.
@@ -20,10 +21,7 @@ impl GateAct {
     #[inline]
     fn eval(self, x: f32) -> (f32, f32) {
         match self {
-            GateAct::Silu => {
-                let s = 1.0 / (1.0 + (-x).exp());
-                (x * s, s * (1.0 + x * (1.0 - s)))
-            }
+            GateAct::Silu => silu_scalar(x),
             GateAct::GeluTanh => {
                 let inner = SQRT_2_OVER_PI * (x + 0.044715 * x * x * x);
                 let t = inner.tanh();
@@ -69,8 +67,10 @@ impl CustomOp2 for Gated {
         let (g, u) = (slice(gs, gl)?, slice(us, ul)?);
         let mut out = zeroed(g.len());
         par_chunks(&mut out, ELEMENTS_PER_TASK, |i0, o| {
-            for ((o, &g), &u) in o.iter_mut().zip(&g[i0..]).zip(&u[i0..]) {
-                *o = self.0.eval(g).0 * u;
+            let (g, u) = (&g[i0..i0 + o.len()], &u[i0..i0 + o.len()]);
+            match self.0 {
+                GateAct::Silu => silu_gated(g, u, o),
+                act => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = act.eval(g).0 * u),
             }
         });
         Ok((CpuStorage::F32(out), gl.shape().clone()))
@@ -88,7 +88,12 @@ impl CustomOp2 for Gated {
                 with_f32(dy, |dy| {
                     let (mut dg, mut du) = (zeroed(g.len()), zeroed(g.len()));
                     par_chunks2(&mut dg, &mut du, ELEMENTS_PER_TASK, |i0, dg, du| {
-                        let inputs = g[i0..].iter().zip(&u[i0..]).zip(&dy[i0..]);
+                        let end = i0 + dg.len();
+                        let (g, u, dy) = (&g[i0..end], &u[i0..end], &dy[i0..end]);
+                        if self.0 == GateAct::Silu {
+                            return silu_gated_backward(g, u, dy, dg, du);
+                        }
+                        let inputs = g.iter().zip(u).zip(dy);
                         for ((dg, du), ((&g, &u), &d)) in dg.iter_mut().zip(du.iter_mut()).zip(inputs) {
                             let (a, da) = self.0.eval(g);
                             *dg = d * u * da;

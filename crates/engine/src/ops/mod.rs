@@ -13,6 +13,7 @@ mod linear_matmul;
 mod lora_linear;
 mod norm;
 mod rope;
+mod vexp;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;
