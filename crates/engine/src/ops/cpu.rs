@@ -443,4 +443,37 @@ mod tests {
             }
         }
     }
+
+    /// A product split for several tasks (column blocks when wide; a tall, narrow one like
+    /// LoRA's rank-wide outputs left to the gemm crate's own threads) equals the product in one
+    /// piece, through the BLAS and through the gemm crate, padding of the destination untouched.
+    #[test]
+    fn blocks_for_several_threads_give_the_one_piece_product() {
+        let blas = super::super::blas::get();
+        let mut rng = Rng::new(11);
+        for &(m, n, k) in &[(40, 300, 33), (300, 16, 70), (20, 20, 5), (129, 130, 8)] {
+            for (b_transposed, accumulate) in [(true, false), (false, true)] {
+                let a_data = random(m * k, &mut rng);
+                let b_data = random(k * n, &mut rng);
+                let a = Mat::rows(&a_data, k);
+                let b = if b_transposed { Mat::rows_t(&b_data, k) } else { Mat::rows(&b_data, n) };
+                let ldc = n + 3;
+                let start = random(m * ldc, &mut rng);
+                for lib in [blas, None] {
+                    let (mut split, mut whole) = (start.clone(), start.clone());
+                    let par = gemm::Parallelism::Rayon(3);
+                    sgemm_with(m, n, k, a, b, (&mut split, ldc), accumulate, 0.5, par, lib);
+                    let none = gemm::Parallelism::None;
+                    sgemm_with(m, n, k, a, b, (&mut whole, ldc), accumulate, 0.5, none, lib);
+                    for (i, ((x, y), s)) in split.iter().zip(&whole).zip(&start).enumerate() {
+                        let what = format!("{m}x{n}x{k} bt={b_transposed} blas={}: {i}", lib.is_some());
+                        if i % ldc >= n {
+                            assert_eq!(x, s, "{what}: padding written");
+                        }
+                        assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{what}: {x} vs {y}");
+                    }
+                }
+            }
+        }
+    }
 }
