@@ -5,7 +5,7 @@
 //! the operands and the result (f32 accumulation, like a GPU GEMM); CUDA dequantizes in a kernel.
 
 use super::{QuantFormat, QuantWeight};
-use crate::ops::cpu::{Mat, sgemm_par_ld};
+use crate::ops::cpu::{ELEMENTS_PER_TASK, Mat, sgemm_par_ld, threads};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, DType, Layout, MetalStorage, Result, Shape, Tensor, bail,
@@ -100,7 +100,7 @@ pub(crate) fn quant_matmul_cpu(
     while r0 < n {
         let r = rows.min(n - r0);
         let wb = &mut buf[..r * k];
-        w.dequantize_rows_into(r0, wb).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        dequantize_rows_par(w, r0, wb)?;
         round_to(compute, wb);
         if transpose {
             // dx[m, k] += g[:, r0..r0+r] · W[r0..r0+r, :]
@@ -121,6 +121,23 @@ pub(crate) fn quant_matmul_cpu(
         }
     }
     Ok(())
+}
+
+/// `w`'s rows from `r0` into `out`, split across the kernel pool: on one thread the widening
+/// or dequantizing of a chunk left the other cores waiting for it (a 16-bit base on 2 threads
+/// ran 25–36 % slower than its f32 copy).
+fn dequantize_rows_par(w: &QuantWeight, r0: usize, out: &mut [f32]) -> Result<()> {
+    let err = |e: crate::error::EngineError| candle_core::Error::Msg(e.to_string());
+    let k = w.cols.max(1);
+    let rows = out.len() / k;
+    if threads() == 1 || rows < 2 {
+        return w.dequantize_rows_into(r0, out).map_err(err);
+    }
+    use rayon::prelude::*;
+    let per_task = ELEMENTS_PER_TASK.div_ceil(k).max(rows.div_ceil(4 * threads()));
+    out.par_chunks_mut(per_task * k)
+        .enumerate()
+        .try_for_each(|(i, part)| w.dequantize_rows_into(r0 + i * per_task, part).map_err(err))
 }
 
 impl QuantMatmul {
