@@ -79,13 +79,15 @@ fn every_kernel_gives_the_same_results_on_one_thread_and_on_several() -> Result<
     assert_same_on_any_thread_count("linear matmul", &[xs.clone(), wt.clone()], &|v| {
         linear_matmul(&v[0], &v[1])
     });
-    assert_same_on_any_thread_count("frozen matmul", &[xs.clone()], &|v| frozen_matmul(&v[0], &wt));
+    assert_same_on_any_thread_count("frozen matmul", std::slice::from_ref(&xs), &|v| {
+        frozen_matmul(&v[0], &wt)
+    });
     // Quantized and 16-bit bases dequantize each chunk of rows across the pool.
     use crate::quant::{QuantSpec, QuantWeight, quant_matmul};
     use std::sync::Arc;
     let nf4 =
         Arc::new(QuantWeight::quantize_tensor(&wt, &QuantSpec::nf4()).map_err(candle_core::Error::wrap)?);
-    assert_same_on_any_thread_count("nf4 matmul", &[xs.clone()], &|v| quant_matmul(&v[0], &nf4));
+    assert_same_on_any_thread_count("nf4 matmul", std::slice::from_ref(&xs), &|v| quant_matmul(&v[0], &nf4));
     let stored = QuantWeight::from_half_tensor(&wt.to_dtype(candle_core::DType::BF16)?)
         .map_err(candle_core::Error::wrap)?
         .expect("a bf16 tensor is a 16-bit store");
