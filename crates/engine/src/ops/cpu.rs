@@ -205,7 +205,7 @@ fn pick_blas(m: usize, n: usize, b: &Mat) -> Option<&'static Blas> {
 }
 
 /// The narrowest column block a task gets when a product is split across the pool.
-const BLAS_MIN_COLUMNS: usize = 64;
+const MIN_BLOCK_COLUMNS: usize = 64;
 
 /// A destination pointer shared by tasks that write disjoint column blocks.
 #[derive(Clone, Copy)]
@@ -286,14 +286,15 @@ fn sgemm_with(
     }
     let fits = |v: &Mat, r: usize, c: usize| v.data.len() > (r - 1) * v.rs + (c - 1) * v.cs;
     assert!(fits(&a, m, k) && fits(&b, k, n), "sgemm: operand too small");
+    // Column blocks for the pool's threads, as many as the width allows.
+    let tasks = match par {
+        gemm::Parallelism::Rayon(t) => t.min(n / MIN_BLOCK_COLUMNS).max(1),
+        _ => 1,
+    };
     // A tuned BLAS when the caller has one and it can read both views.
     if let Some(blas) = blas
         && let (Some(oa), Some(ob)) = (Operand::of(m, k, a.rs, a.cs), Operand::of(k, n, b.rs, b.cs))
     {
-        let tasks = match par {
-            gemm::Parallelism::Rayon(t) => t.min(n / BLAS_MIN_COLUMNS).max(1),
-            _ => 1,
-        };
         // SAFETY: the asserts above bound every element the views reach, and `c` holds m rows
         // of n values, ldc apart.
         let done = unsafe {
@@ -305,10 +306,6 @@ fn sgemm_with(
     }
     // The gemm crate's own threading packs the right operand on the calling thread while the
     // pool waits (3 % of a 2-thread LoRA step); column blocks pack their own columns in parallel.
-    let tasks = match par {
-        gemm::Parallelism::Rayon(t) => t.min(n / BLAS_MIN_COLUMNS).max(1),
-        _ => 1,
-    };
     let par = if tasks > 1 { gemm::Parallelism::None } else { par };
     let (a_ptr, b_ptr, c_ptr) = (a.data.as_ptr() as usize, b.data.as_ptr() as usize, Columns(c.as_mut_ptr()));
     in_column_blocks(n, tasks, |j0, j1| {

@@ -88,7 +88,7 @@ mod avx {
     }
 
     #[target_feature(enable = "avx512f")]
-    pub(super) fn exp16(x: __m512) -> __m512 {
+    fn exp16(x: __m512) -> __m512 {
         let min = _mm512_set1_ps(-87.336_55);
         let max = _mm512_set1_ps(88.722_84);
         let c = _mm512_min_ps(_mm512_max_ps(x, min), max);
