@@ -3,6 +3,11 @@
 process peak RSS). Prints one JSON object.
 
 usage: peft_train.py MODEL_DIR DATA_JSONL --method lora|full [--steps 4 --batch 4 --threads 1]
+                     [--device cpu|cuda --dtype f32|bf16]
+
+On CUDA each step ends with a device synchronisation (so its time is the GPU's), the model's
+weights are in --dtype (PEFT keeps the LoRA weights f32, as finetune-studio does) and the peak is
+torch's own peak of allocated memory (`gpu_peak_allocated_bytes`).
 """
 import argparse, json, resource, time
 
@@ -19,12 +24,17 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--r", type=int, default=16)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
     a = ap.parse_args()
+    dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    cuda = a.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     rows = [json.loads(l)["input_ids"] for l in open(a.data)]
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype).to(a.device)
     if a.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -35,12 +45,14 @@ def main():
     times, losses = [], []
     for step in range(a.steps):
         batch = rows[step * a.batch:(step + 1) * a.batch]
-        ids = torch.tensor(batch)
+        ids = torch.tensor(batch, device=a.device)
+        sync()
         t0 = time.perf_counter()
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     tokens = a.batch * len(rows[0])
@@ -52,6 +64,8 @@ def main():
         "step_s": sum(steady) / len(steady),
         "peak_rss_bytes": peak, "rss_after_imports_bytes": baseline,
         "trainable_params": sum(p.numel() for p in params), "losses": losses,
+        "device": a.device, "dtype": a.dtype,
+        "gpu_peak_allocated_bytes": torch.cuda.max_memory_allocated() if cuda else None,
     }))
 
 

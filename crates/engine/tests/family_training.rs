@@ -51,7 +51,7 @@ fn trajectory(family: &str, dir: &Path) -> Result<(), String> {
         .collect();
     let data = dir.join(format!("{family}.jsonl"));
     std::fs::write(&data, rows.join("\n")).unwrap();
-    let sets: Vec<String> = vec![
+    let sets: Vec<String> = [
         format!("model.path=\"{}\"", model_dir(family).display()),
         format!("data.path=\"{}\"", data.display()),
         "data.format=\"tokens\"".into(),
@@ -65,7 +65,10 @@ fn trajectory(family: &str, dir: &Path) -> Result<(), String> {
         "train.grad_checkpointing=true".into(),
         "lora.dropout=0.0".into(),
         format!("lora.init_from=\"{}\"", adapter_dir(family).display()),
-    ];
+    ]
+    .into_iter()
+    .chain(device_sets())
+    .collect();
     let cfg = TrainConfig::default().with_overrides(&sets).unwrap();
     let out = dir.join(family);
     let mut sink = VecSink::default();

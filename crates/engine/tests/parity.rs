@@ -13,7 +13,7 @@ const TOL: f64 = 1e-4;
 
 fn check_base(family: &str) {
     let r = reference(family);
-    let model = load_causal_lm(&model_dir(family), AdapterPlan::frozen(), DType::F32, &Device::Cpu).unwrap();
+    let model = load_causal_lm(&model_dir(family), AdapterPlan::frozen(), DType::F32, &device()).unwrap();
     let input = &r["input_ids"];
     let (b, t) = input.dims2().unwrap();
     let logits = model.forward_logits(&ids(input), b, t).unwrap();
@@ -28,8 +28,7 @@ fn check_lora(family: &str) {
     let r = reference(family);
     let adapter = PeftAdapter::read(&adapter_dir(family)).unwrap();
     let model =
-        load_causal_lm(&model_dir(family), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu)
-            .unwrap();
+        load_causal_lm(&model_dir(family), adapter.plan(MethodKind::Lora, 0), DType::F32, &device()).unwrap();
     assert_eq!(model.adapted.len(), adapter.modules.len(), "{family}: every adapter module is wrapped");
     let input = &r["input_ids"];
     let (b, t) = input.dims2().unwrap();
@@ -342,7 +341,7 @@ fn check_seq2seq(family: &str, lora: bool) {
     } else {
         (AdapterPlan::frozen(), None)
     };
-    let model = load_seq2seq_lm(&model_dir(family), plan, DType::F32, &Device::Cpu).unwrap();
+    let model = load_seq2seq_lm(&model_dir(family), plan, DType::F32, &device()).unwrap();
     let batch = seq2seq_batch(&r);
     let dec = ids(&r["decoder_input_ids"]);
     let d = &model.dims;
@@ -452,7 +451,7 @@ fn adapter_written_by_us_loads_in_peft() {
         let adapter = PeftAdapter::read(&dir.join(format!("{family}-adapter"))).unwrap();
         assert_eq!(report["adapter_tensors"].as_u64(), Some(2 * adapter.modules.len() as u64));
         let model =
-            load_causal_lm(&model_dir(family), adapter.plan(MethodKind::Lora, 0), DType::F32, &Device::Cpu)
+            load_causal_lm(&model_dir(family), adapter.plan(MethodKind::Lora, 0), DType::F32, &device())
                 .unwrap();
         let r = reference(family);
         let (b, t) = r["input_ids"].dims2().unwrap();

@@ -24,7 +24,7 @@ fn qlora_llama(spec: QuantSpec) -> CausalLm {
     let (spec_arch, dims) = arch::resolve(&cfg).unwrap();
     let weights: Arc<dyn WeightSource> = Arc::new(SafetensorsWeights::from_dir(&dir).unwrap());
     let plan = PeftAdapter::read(&adapter_dir("llama")).unwrap().plan(MethodKind::Qlora, 0);
-    let factory = LayerFactory::new(weights, DType::F32, Device::Cpu, plan).with_quant(spec);
+    let factory = LayerFactory::new(weights, DType::F32, device(), plan).with_quant(spec);
     CausalLm::build(spec_arch, dims, &factory).unwrap()
 }
 
@@ -73,7 +73,7 @@ fn every_quantization_kind_deviates_from_the_dense_model_as_much_as_bitsandbytes
         &model_dir("llama"),
         PeftAdapter::read(&adapter_dir("llama")).unwrap().plan(MethodKind::Lora, 0),
         DType::F32,
-        &Device::Cpu,
+        &device(),
     )
     .unwrap();
     let r = reference("llama");

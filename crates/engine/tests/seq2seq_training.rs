@@ -39,6 +39,7 @@ fn config(family: &str, data: &Path, format: &str, extra: &[&str]) -> TrainConfi
         "train.max_grad_norm=0.0".into(),
         "lora.dropout=0.0".into(),
     ];
+    sets.extend(device_sets());
     sets.extend(extra.iter().map(|s| s.to_string()));
     TrainConfig::default().with_overrides(&sets).unwrap()
 }
@@ -120,7 +121,7 @@ fn t5_trains_on_alpaca_rows_as_source_to_target_and_full_fine_tuning_writes_a_lo
         &out,
         finetune_engine::layers::AdapterPlan::frozen(),
         DType::F32,
-        &candle_core::Device::Cpu,
+        &device(),
     )
     .unwrap();
     assert_eq!(m.dims.encoder_layers, 2);
@@ -131,9 +132,7 @@ fn padded_seq2seq_batches_equal_their_rows_alone() {
     use finetune_engine::layers::{AdapterPlan, ForwardCtx};
     use finetune_engine::model::{Seq2SeqBatch, load_seq2seq_lm};
     for family in ["t5", "bart"] {
-        let m =
-            load_seq2seq_lm(&model_dir(family), AdapterPlan::frozen(), DType::F32, &candle_core::Device::Cpu)
-                .unwrap();
+        let m = load_seq2seq_lm(&model_dir(family), AdapterPlan::frozen(), DType::F32, &device()).unwrap();
         let (long_src, short_src): (Vec<u32>, Vec<u32>) = ((3..15).collect(), (20..25).collect());
         let (long_tgt, short_tgt): (Vec<i64>, Vec<i64>) =
             ((30..36).collect(), vec![-100, 41, 42, 43, 44, 45, 46, 47]);
