@@ -85,6 +85,13 @@ impl Linear for DenseLinear {
         }
     }
 
+    fn frozen_dense(&self) -> Option<(Tensor, Option<Tensor>)> {
+        match self {
+            Self::Frozen { weight, bias } => Some((weight.clone(), bias.clone())),
+            Self::Trainable { .. } => None,
+        }
+    }
+
     fn base_bytes(&self) -> usize {
         match self {
             Self::Frozen { weight, bias } => {

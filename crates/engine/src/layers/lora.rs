@@ -4,7 +4,7 @@
 use super::{ForwardCtx, Linear};
 use crate::ops::{self, DropoutSpec};
 use crate::rng::Rng;
-use candle_core::{DType, Device, Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 
 pub struct LoraLinear {
     pub base: Box<dyn Linear>,
@@ -38,12 +38,14 @@ impl Linear for LoraLinear {
             seed: ctx.seed,
             keys: [Rng::key("lora-dropout"), ctx.pass, self.key],
         });
-        if matches!(x.device(), Device::Cpu)
-            && x.dtype() == DType::F32
+        if ops::use_cpu_kernels(x)
             && a.dtype() == DType::F32
             && let Some(kernel) = self.base.cpu_kernel()
         {
             return ops::lora_linear(x, a, self.b.as_tensor(), kernel, self.scale, dropout);
+        }
+        if let Some((w, bias)) = self.base.frozen_dense() {
+            return ops::lora_linear_dense(x, a, self.b.as_tensor(), &w, bias.as_ref(), self.scale, dropout);
         }
         let y = self.base.forward(x, ctx)?;
         let dims = x.dims().to_vec();

@@ -52,4 +52,9 @@ pub trait Linear: Send + Sync {
     fn cpu_kernel(&self) -> Option<Arc<dyn FrozenKernel>> {
         None
     }
+    /// The weight `[out, in]` and bias of a frozen dense base, which lets LoRA run as one op on
+    /// any device ([`crate::ops::lora_linear_dense`]).
+    fn frozen_dense(&self) -> Option<(Tensor, Option<Tensor>)> {
+        None
+    }
 }

@@ -3,9 +3,11 @@
 //! MHA/MQA/GQA through one path. Tensors use the `[batch, seq, heads, head_dim]` layout
 //! projections produce, so no transposed copies are made.
 //! On the CPU it is one fused kernel whose backward recomputes the probabilities (no
-//! `[heads, T, S]` tensor is kept for backward); elsewhere it is composed from candle ops.
+//! `[heads, T, S]` tensor is kept for backward); elsewhere it is composed from candle ops and
+//! recomputed in backward ([`super::recompute`]), which keeps no `[heads, T, S]` tensor either.
 
 use super::cpu::{Mat, sgemm, slice, threads, with_f32, zeroed};
+use super::recompute::recomputed;
 use super::use_cpu_kernels;
 use super::vexp::exp_shifted;
 use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
@@ -74,7 +76,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Re
             FusedAttention { mask: mask.clone(), extra: None },
         );
     }
-    composed(q, k, v, mask, None)
+    let mask = mask.clone();
+    recomputed(&[q, k, v], move |t| composed(&t[0], &t[1], &t[2], &mask, None))
 }
 
 /// [`attention`] with an additive score bias `[1 or b, h, t, s]` (T5's relative positions),
@@ -103,7 +106,11 @@ pub fn attention_with_bias(
             FusedAttention { mask: mask.clone(), extra },
         );
     }
-    composed(q, k, v, mask, Some(bias))
+    if bias.track_op() {
+        return composed(q, k, v, mask, Some(bias));
+    }
+    let (mask, bias) = (mask.clone(), bias.clone());
+    recomputed(&[q, k, v], move |t| composed(&t[0], &t[1], &t[2], &mask, Some(&bias)))
 }
 
 fn validate(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Result<()> {

@@ -2,6 +2,7 @@
 //! intermediate `act(gate)` tensor alive for backward and makes one pass instead of three.
 
 use super::cpu::{ELEMENTS_PER_TASK, par_chunks, par_chunks2, slice, with_f32, zeroed};
+use super::recompute::recomputed;
 use super::use_cpu_kernels;
 use super::vexp::{silu_gated, silu_gated_backward, silu_scalar};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
@@ -47,7 +48,7 @@ pub fn gated(gate: &Tensor, up: &Tensor, act: GateAct) -> Result<Tensor> {
     if use_cpu_kernels(gate) && use_cpu_kernels(up) {
         return gate.contiguous()?.apply_op2(&up.contiguous()?, Gated(act));
     }
-    act.composed(gate)? * up
+    recomputed(&[gate, up], move |t| act.composed(&t[0])? * &t[1])
 }
 
 struct Gated(GateAct);

@@ -1,7 +1,8 @@
 //! Differentiable building blocks for training. candle's fused norm, softmax and rope kernels
 //! record no backward, and its matmul stores gradients for frozen weights; every op here has a
 //! correct backward. On the CPU with f32 they run as fused kernels (a `CustomOp` whose backward is
-//! another kernel); elsewhere they fall back to compositions of candle ops whose backward is right.
+//! another kernel); elsewhere they fall back to compositions of candle ops whose backward is right,
+//! run so that their intermediates are not kept for backward ([`recompute`]).
 
 mod attention;
 pub mod blas;
@@ -10,8 +11,10 @@ mod cross_entropy;
 mod frozen_matmul;
 mod gated;
 mod linear_matmul;
+mod lora_dense;
 mod lora_linear;
 mod norm;
+mod recompute;
 mod rope;
 mod vexp;
 
@@ -27,6 +30,7 @@ pub use cross_entropy::{
 pub use frozen_matmul::frozen_matmul;
 pub use gated::{GateAct, gated};
 pub use linear_matmul::linear_matmul;
+pub use lora_dense::lora_linear_dense;
 pub use lora_linear::{DenseKernel, DropoutSpec, FrozenKernel, dropout_mask, lora_linear};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{RopeLayout, RopeTables, rope};
@@ -35,5 +39,12 @@ use candle_core::{DType, Device, Tensor};
 
 /// Whether the hand-written CPU kernels can run on this tensor.
 pub(crate) fn use_cpu_kernels(t: &Tensor) -> bool {
-    matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32
+    matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && cpu_kernels_enabled()
+}
+
+/// `FINETUNE_CPU_KERNELS=off` runs the CPU through the paths GPUs take (compositions of candle
+/// ops, recomputed in backward), so the reference tests can check those paths without a GPU.
+fn cpu_kernels_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("FINETUNE_CPU_KERNELS").map(|v| v != "off").unwrap_or(true))
 }

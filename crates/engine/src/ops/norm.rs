@@ -2,6 +2,7 @@
 //! candle's fused `rms_norm`/`layer_norm` record no backward at all.
 
 use super::cpu::{slice, threads, with_f32, zeroed};
+use super::recompute::recomputed;
 use super::use_cpu_kernels;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -12,6 +13,10 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f64) -> Result<Te
     if use_cpu_kernels(x) && weight.dtype() == DType::F32 {
         return x.contiguous()?.apply_op2(&weight.contiguous()?, RmsNorm { eps, offset });
     }
+    recomputed(&[x, weight], move |t| composed_rms_norm(&t[0], &t[1], eps, offset))
+}
+
+fn composed_rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x32 = x.to_dtype(DType::F32)?;
     let var = x32.sqr()?.mean_keepdim(D::Minus1)?;
@@ -42,6 +47,10 @@ pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, ep
     if use_cpu_kernels(x) && w.dtype() == DType::F32 && b.dtype() == DType::F32 {
         return x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNorm { eps });
     }
+    recomputed(&[x, w, b], move |t| composed_layer_norm(&t[0], &t[1], &t[2], eps))
+}
+
+fn composed_layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x32 = x.to_dtype(DType::F32)?;
     let mean = x32.mean_keepdim(D::Minus1)?;

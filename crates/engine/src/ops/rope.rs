@@ -3,6 +3,7 @@
 //! rotation (only the first `rot_dim` features of each head rotate; the rest pass through).
 
 use super::cpu::{ELEMENTS_PER_TASK, copied, par_chunks, slice};
+use super::recompute::recomputed;
 use super::use_cpu_kernels;
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Result, Shape, Tensor, bail};
 
@@ -81,7 +82,8 @@ pub fn rope(x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
     let half = tables.rot_dim / 2;
     let cos = tables.cos_t.narrow(0, offset, t)?.reshape((t, 1, half))?.to_dtype(x.dtype())?;
     let sin = tables.sin_t.narrow(0, offset, t)?.reshape((t, 1, half))?.to_dtype(x.dtype())?;
-    composed(x, &cos, &sin, tables.rot_dim, tables.layout)
+    let (rot, layout) = (tables.rot_dim, tables.layout);
+    recomputed(&[x], move |t| composed(&t[0], &cos, &sin, rot, layout))
 }
 
 fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize, layout: RopeLayout) -> Result<Tensor> {

@@ -1,0 +1,199 @@
+//! LoRA over a frozen dense base as one op on any device (the GPU path; the CPU's f32 path is the
+//! fused kernel of [`super::lora_linear`]): `y = x · Wᵀ + b + scale · (dropout(x) · Aᵀ) · Bᵀ`.
+//!
+//! Composed from candle ops, an adapted projection kept an f32 copy of its input and three
+//! `[rows, out]` temporaries alive until backward; here only the op's inputs are kept, and the
+//! backward is written out (no second product through the base):
+//! `dL/dx = dY · W + scale · (dY · B) · A ⊙ mask`, `dL/dA = scale · (dY · B)ᵀ · xd`,
+//! `dL/dB = scale · dYᵀ · (xd · Aᵀ)` with `xd = dropout(x)`. The adapter side runs in the adapter's
+//! dtype (f32) whatever the base's, as PEFT does.
+
+use super::cpu::with_last_dim;
+use super::lora_linear::DropoutSpec;
+use super::recompute::with_backward;
+use candle_core::{D, DType, Result, Shape, Tensor, bail};
+use std::sync::Arc;
+
+/// `x` `[.., in]`, `a` `[r, in]`, `b` `[out, r]`, `w` `[out, in]` (frozen), `bias` `[out]`.
+pub fn lora_linear_dense(
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f64,
+    dropout: Option<DropoutSpec>,
+) -> Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let (r, a_in) = a.dims2()?;
+    let (b_out, b_r) = b.dims2()?;
+    if a_in != k || b_r != r || b_out != n || x.dim(D::Minus1)? != k {
+        bail!(
+            "lora: shapes x {:?}, A {:?}, B {:?} do not fit a base weight {:?}",
+            x.dims(),
+            a.dims(),
+            b.dims(),
+            w.dims()
+        );
+    }
+    let op = Arc::new(DenseLora {
+        w: w.detach(),
+        bias: bias.map(|b| b.detach()),
+        scale,
+        dropout: dropout.filter(|d| d.p > 0.0),
+        m: x.elem_count() / k.max(1),
+        k,
+        n,
+        out_shape: with_last_dim(x.dims(), n),
+    });
+    let out = op.forward(&x.detach(), &a.detach(), &b.detach())?;
+    with_backward(&[x, a, b], out, Arc::new(move |args, grad| op.backward(args[0], args[1], args[2], grad)))
+}
+
+struct DenseLora {
+    w: Tensor,
+    bias: Option<Tensor>,
+    scale: f64,
+    dropout: Option<DropoutSpec>,
+    /// Rows of `x`, its features, the base's outputs.
+    m: usize,
+    k: usize,
+    n: usize,
+    out_shape: Shape,
+}
+
+impl DenseLora {
+    /// The dropout mask `[m, k]` in `dtype`, redrawn from its seeded stream.
+    fn mask(&self, dtype: DType, like: &Tensor) -> Result<Option<Tensor>> {
+        self.dropout
+            .map(|d| {
+                Tensor::from_vec(d.mask(self.m * self.k), (self.m, self.k), like.device())?.to_dtype(dtype)
+            })
+            .transpose()
+    }
+
+    /// `dropout(x)` as `[m, k]` in the adapter's dtype.
+    fn adapter_input(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+        let xa = x.reshape((self.m, self.k))?.to_dtype(dtype)?;
+        match self.mask(dtype, x)? {
+            Some(mask) => xa * mask,
+            None => Ok(xa),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let mut y = x.reshape((self.m, self.k))?.to_dtype(self.w.dtype())?.matmul(&self.w.t()?)?;
+        if let Some(bias) = &self.bias {
+            y = y.broadcast_add(&bias.to_dtype(y.dtype())?)?;
+        }
+        let u = (self.adapter_input(x, a.dtype())?.matmul(&a.t()?)? * self.scale)?;
+        let z = u.matmul(&b.t()?)?.to_dtype(y.dtype())?;
+        (y + z)?.reshape(self.out_shape.clone())
+    }
+
+    fn backward(&self, x: &Tensor, a: &Tensor, b: &Tensor, grad: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let (a_, b_) = (a.detach(), b.detach());
+        let g = grad.detach().reshape((self.m, self.n))?;
+        let gf = g.to_dtype(a_.dtype())?;
+        let gb = gf.matmul(&b_)?; // [m, r]
+        let dx = if x.track_op() {
+            let base = g.to_dtype(self.w.dtype())?.matmul(&self.w)?; // [m, k]
+            let mut lora = (gb.matmul(&a_)? * self.scale)?;
+            if let Some(mask) = self.mask(lora.dtype(), x)? {
+                lora = (lora * mask)?;
+            }
+            Some((base + lora.to_dtype(self.w.dtype())?)?.to_dtype(x.dtype())?.reshape(x.shape())?)
+        } else {
+            None
+        };
+        let xd = self.adapter_input(&x.detach(), a_.dtype())?;
+        let da = if a.track_op() { Some((gb.t()?.matmul(&xd)? * self.scale)?) } else { None };
+        let db =
+            if b.track_op() { Some((gf.t()?.matmul(&xd.matmul(&a_.t()?)?)? * self.scale)?) } else { None };
+        Ok(vec![dx, da, db])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::{assert_close, randn};
+    use candle_core::{Device, Var};
+
+    /// The plain composition, differentiated by candle.
+    fn composed(
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let base = x.broadcast_matmul(&w.t()?)?.broadcast_add(bias)?;
+        let xd = match mask {
+            Some(m) => x.broadcast_mul(m)?,
+            None => x.clone(),
+        };
+        base + (xd.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * 0.5)?
+    }
+
+    #[test]
+    fn matches_the_composition_in_value_and_every_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let (w, bias) = (randn(&[6, 5], 1, &dev)?, randn(&[6], 2, &dev)?);
+        let probe = randn(&[2, 3, 6], 3, &dev)?;
+        for p in [0.0, 0.3] {
+            let x = Var::from_tensor(&randn(&[2, 3, 5], 4, &dev)?)?;
+            let a = Var::from_tensor(&randn(&[4, 5], 5, &dev)?)?;
+            let b = Var::from_tensor(&randn(&[6, 4], 6, &dev)?)?;
+            let spec = DropoutSpec { p, seed: 7, keys: [1, 2, 3] };
+            let mask = (p > 0.0).then(|| Tensor::from_vec(spec.mask(30), (2, 3, 5), &dev)).transpose()?;
+            let expected = composed(x.as_tensor(), &w, &bias, a.as_tensor(), b.as_tensor(), mask.as_ref())?;
+            let ours = lora_linear_dense(
+                x.as_tensor(),
+                a.as_tensor(),
+                b.as_tensor(),
+                &w,
+                Some(&bias),
+                0.5,
+                (p > 0.0).then_some(spec),
+            )?;
+            assert_close(&ours, &expected, 1e-5)?;
+            let g1 = (&expected * &probe)?.sum_all()?.backward()?;
+            let g2 = (&ours * &probe)?.sum_all()?.backward()?;
+            for v in [&x, &a, &b] {
+                let t = v.as_tensor();
+                assert_close(g2.get(t).expect("our gradient"), g1.get(t).expect("candle's gradient"), 1e-5)?;
+            }
+            assert!(g2.get(&w).is_none(), "no gradient for the frozen base");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_bf16_base_with_f32_adapters_tracks_f32_and_an_untracked_input_gets_no_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let (w, bias) = (randn(&[6, 5], 1, &dev)?, randn(&[6], 2, &dev)?);
+        let x = randn(&[3, 5], 4, &dev)?;
+        let a = Var::from_tensor(&randn(&[4, 5], 5, &dev)?)?;
+        let b = Var::from_tensor(&randn(&[6, 4], 6, &dev)?)?;
+        let f32_out = lora_linear_dense(&x, a.as_tensor(), b.as_tensor(), &w, Some(&bias), 0.5, None)?;
+        let half = |t: &Tensor| t.to_dtype(DType::BF16);
+        let bf16_out = lora_linear_dense(
+            &half(&x)?,
+            a.as_tensor(),
+            b.as_tensor(),
+            &half(&w)?,
+            Some(&half(&bias)?),
+            0.5,
+            None,
+        )?;
+        assert_eq!(bf16_out.dtype(), DType::BF16);
+        assert_close(&bf16_out.to_dtype(DType::F32)?, &f32_out, 0.1)?;
+        let g = bf16_out.to_dtype(DType::F32)?.sum_all()?.backward()?;
+        assert!(g.get(&x).is_none());
+        assert_eq!(g.get(a.as_tensor()).map(|t| t.dtype()), Some(DType::F32));
+        assert_eq!(g.get(b.as_tensor()).map(|t| t.dtype()), Some(DType::F32));
+        Ok(())
+    }
+}
