@@ -5,7 +5,8 @@
 #
 #   tools/bench/gpu_bench.sh BIN [PYTHON=python3] [STEPS=6] [WORK=/tmp/gpu-bench]
 #
-# BIN is a finetune-studio built with `--features cuda`. PYTHON needs torch (CUDA), transformers
+# BIN is a finetune-studio built with `--features cuda`. Ours also runs QLoRA (NF4, double
+# quantization; PyTorch's side would need bitsandbytes, which the GPU machine lacks). PYTHON needs torch (CUDA), transformers
 # and peft. Models: make_bench_model.py's 113.5 M Llama (batch 4 x 128) and its `large` 0.72 B
 # Llama (batch 8 x 512). Peak memory for both sides is one outside measure: `nvidia-smi`'s
 # memory.used sampled every 20 ms while the process runs, minus what was used before it started
@@ -45,7 +46,7 @@ echo "|---|---|---|---|---:|---:|"
 for size in small large; do
   if [ $size = small ]; then batch=4 seq=128; else batch=8 seq=512; fi
   model=$WORK/$size/model data=$WORK/$size/data.jsonl
-  for cfg in "lora false" "lora true" "full false"; do
+  for cfg in "lora false" "lora true" "qlora false" "full false"; do
     set -- $cfg
     name=$size-ours-$1-ckpt$2
     read -r rc peak < <(measured "$name" "$BIN" train --json --model "$model" --data "$data" --output "$WORK/out" \
