@@ -3,14 +3,16 @@
 //! MHA/MQA/GQA through one path. Tensors use the `[batch, seq, heads, head_dim]` layout
 //! projections produce, so no transposed copies are made.
 //! On the CPU it is one fused kernel whose backward recomputes the probabilities (no
-//! `[heads, T, S]` tensor is kept for backward); elsewhere it is composed from candle ops and
-//! recomputed in backward ([`super::recompute`]), which keeps no `[heads, T, S]` tensor either.
+//! `[heads, T, S]` tensor is kept for backward); elsewhere it is candle's products and fused
+//! softmax with a backward written out ([`super::attention_off_cpu`]), which keeps none either.
 
+use super::attention_off_cpu::attention_off_cpu;
+#[cfg(test)]
+use super::attention_off_cpu::composed;
 use super::cpu::{Mat, sgemm, slice, threads, with_f32, zeroed};
-use super::recompute::recomputed;
 use super::use_cpu_kernels;
 use super::vexp::exp_shifted;
-use candle_core::{CpuStorage, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 /// Which scores survive, and how they are shaped before the softmax.
@@ -41,7 +43,7 @@ impl AttentionMask {
 
     /// The keys `[lo, hi)` query `i` (of `t`) may see in batch row `b`; queries are the last `t`
     /// positions of the `s` keys (a KV cache holds the earlier ones).
-    fn visible(&self, b: usize, i: usize, t: usize, s: usize) -> (usize, usize) {
+    pub(super) fn visible(&self, b: usize, i: usize, t: usize, s: usize) -> (usize, usize) {
         let (mut lo, mut hi) = (0, s);
         if self.positional() {
             let qpos = s - t + i;
@@ -76,8 +78,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Re
             FusedAttention { mask: mask.clone(), extra: None },
         );
     }
-    let mask = mask.clone();
-    recomputed(&[q, k, v], move |t| composed(&t[0], &t[1], &t[2], &mask, None))
+    attention_off_cpu(q, k, v, mask, None)
 }
 
 /// [`attention`] with an additive score bias `[1 or b, h, t, s]` (T5's relative positions),
@@ -107,10 +108,10 @@ pub fn attention_with_bias(
         );
     }
     if bias.track_op() {
-        return composed(q, k, v, mask, Some(bias));
+        // A trained bias (T5's relative positions in full fine-tuning) needs its own gradient.
+        return super::attention_off_cpu::composed(q, k, v, mask, Some(bias));
     }
-    let (mask, bias) = (mask.clone(), bias.clone());
-    recomputed(&[q, k, v], move |t| composed(&t[0], &t[1], &t[2], &mask, Some(&bias)))
+    attention_off_cpu(q, k, v, mask, Some(bias))
 }
 
 fn validate(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Result<()> {
@@ -132,70 +133,6 @@ fn validate(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Result<
         bail!("attention: {} key lengths for batch {b}", lens.len());
     }
     Ok(())
-}
-
-fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, s, d) = x.dims4()?;
-    x.unsqueeze(2)?.broadcast_as((b, kv, n_rep, s, d))?.contiguous()?.reshape((b, kv * n_rep, s, d))
-}
-
-/// The additive mask `[rows, heads, t, s]` (`-inf` where masked) for the composed path.
-fn bias_tensor(
-    mask: &AttentionMask,
-    b: usize,
-    h: usize,
-    t: usize,
-    s: usize,
-    dev: &candle_core::Device,
-) -> Result<Tensor> {
-    let heads = if mask.alibi_slopes.is_some() { h } else { 1 };
-    let rows = if mask.key_lens.is_some() { b } else { 1 };
-    let mut bias = Vec::with_capacity(rows * heads * t * s);
-    for bi in 0..rows {
-        for hi in 0..heads {
-            for i in 0..t {
-                let (lo, hi_k) = mask.visible(bi, i, t, s);
-                for j in 0..s {
-                    bias.push(if j < lo || j >= hi_k {
-                        f32::NEG_INFINITY
-                    } else {
-                        mask.alibi_slopes
-                            .as_ref()
-                            .map(|sl| sl[hi] * (j as f32 - (s - t + i) as f32))
-                            .unwrap_or(0.0)
-                    });
-                }
-            }
-        }
-    }
-    Tensor::from_vec(bias, (rows, heads, t, s), dev)
-}
-
-fn composed(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: &AttentionMask,
-    extra: Option<&Tensor>,
-) -> Result<Tensor> {
-    let (b, t, h, _) = q.dims4()?;
-    let (_, s, kv, _) = k.dims4()?;
-    let q = q.transpose(1, 2)?.contiguous()?;
-    let k = repeat_kv(&k.transpose(1, 2)?.contiguous()?, h / kv)?;
-    let v = repeat_kv(&v.transpose(1, 2)?.contiguous()?, h / kv)?;
-    let mut scores = (q.matmul(&k.t()?.contiguous()?)? * mask.scale)?;
-    if let Some(cap) = mask.softcap {
-        scores = ((scores / cap)?.tanh()? * cap)?;
-    }
-    if let Some(extra) = extra {
-        scores = scores.broadcast_add(&extra.to_dtype(scores.dtype())?)?;
-    }
-    let bias = bias_tensor(mask, b, h, t, s, q.device())?.to_dtype(scores.dtype())?;
-    let probs = candle_nn::ops::softmax(&scores.broadcast_add(&bias)?, D::Minus1)?;
-    probs.matmul(&v)?.transpose(1, 2)?.contiguous()
 }
 
 /// A constant additive score bias for the fused kernel, `[1 or b, h, t, s]` row-major.

@@ -5,6 +5,7 @@
 //! run so that their intermediates are not kept for backward ([`recompute`]).
 
 mod attention;
+mod attention_off_cpu;
 pub mod blas;
 pub(crate) mod cpu;
 mod cross_entropy;
