@@ -54,7 +54,7 @@ step "cargo test (workspace, desktop shell included)"
 cargo test "${features[@]}" "$@"
 
 step "the engine's reference tests through the GPU paths, on the CPU (FINETUNE_CPU_KERNELS=off)"
-FINETUNE_CPU_KERNELS=off cargo test "${features[@]}" --test parity --test training --test family_training \
+FINETUNE_CPU_KERNELS=off cargo test "${features[@]}" --test parity --test training --test family_training --test qlora \
   --test seq2seq_training
 
 step "TensorBoard files read back by the tensorboard package (its own virtualenv)"

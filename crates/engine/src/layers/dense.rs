@@ -2,7 +2,7 @@
 //! ever computed for its weight) or trainable (full fine-tuning: the weight is a `Var`).
 
 use super::{ForwardCtx, Linear};
-use crate::ops::{DenseKernel, FrozenKernel, frozen_matmul, linear_matmul};
+use crate::ops::{DenseBase, DenseKernel, FrozenBase, FrozenKernel, frozen_matmul, linear_matmul};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::sync::Arc;
 
@@ -85,9 +85,11 @@ impl Linear for DenseLinear {
         }
     }
 
-    fn frozen_dense(&self) -> Option<(Tensor, Option<Tensor>)> {
+    fn frozen_base(&self) -> Option<Arc<dyn FrozenBase>> {
         match self {
-            Self::Frozen { weight, bias } => Some((weight.clone(), bias.clone())),
+            Self::Frozen { weight, bias } => {
+                Some(Arc::new(DenseBase { weight: weight.clone(), bias: bias.clone() }))
+            }
             Self::Trainable { .. } => None,
         }
     }

@@ -44,8 +44,8 @@ impl Linear for LoraLinear {
         {
             return ops::lora_linear(x, a, self.b.as_tensor(), kernel, self.scale, dropout);
         }
-        if let Some((w, bias)) = self.base.frozen_dense() {
-            return ops::lora_linear_dense(x, a, self.b.as_tensor(), &w, bias.as_ref(), self.scale, dropout);
+        if let Some(base) = self.base.frozen_base() {
+            return ops::lora_linear_frozen(x, a, self.b.as_tensor(), base, self.scale, dropout);
         }
         let y = self.base.forward(x, ctx)?;
         let dims = x.dims().to_vec();

@@ -13,7 +13,7 @@ pub use factory::{AdapterPlan, LayerFactory, Param, TargetSet, peft_name};
 pub use lora::LoraLinear;
 pub use quant::QuantLinear;
 
-use crate::ops::FrozenKernel;
+use crate::ops::{FrozenBase, FrozenKernel};
 use candle_core::{Result, Tensor, Var};
 use std::sync::Arc;
 
@@ -52,9 +52,9 @@ pub trait Linear: Send + Sync {
     fn cpu_kernel(&self) -> Option<Arc<dyn FrozenKernel>> {
         None
     }
-    /// The weight `[out, in]` and bias of a frozen dense base, which lets LoRA run as one op on
-    /// any device ([`crate::ops::lora_linear_dense`]).
-    fn frozen_dense(&self) -> Option<(Tensor, Option<Tensor>)> {
+    /// This frozen base as tensor ops, which lets LoRA run as one op on any device
+    /// ([`crate::ops::lora_linear_frozen`]).
+    fn frozen_base(&self) -> Option<Arc<dyn FrozenBase>> {
         None
     }
 }

@@ -3,8 +3,8 @@
 //! dequantizes inside the op, so no dense weight stays alive in the autograd graph.
 
 use super::{ForwardCtx, Linear};
-use crate::ops::FrozenKernel;
-use crate::quant::{QuantWeight, quant_matmul, quant_matmul_cpu};
+use crate::ops::{FrozenBase, FrozenKernel};
+use crate::quant::{QuantWeight, quant_matmul, quant_matmul_cpu, quant_matmul_t};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::sync::Arc;
 
@@ -29,6 +29,30 @@ impl FrozenKernel for QuantKernel {
 
     fn backward_into(&self, dy: &[f32], m: usize, dx: &mut [f32], accumulate: bool) -> Result<()> {
         quant_matmul_cpu(&self.weight, dy, m, true, dx, accumulate)
+    }
+}
+
+/// A quantized base as tensor ops on any device (see [`FrozenBase`]).
+struct QuantBase {
+    weight: Arc<QuantWeight>,
+    bias: Option<Tensor>,
+}
+
+impl FrozenBase for QuantBase {
+    fn dims(&self) -> (usize, usize) {
+        (self.weight.cols, self.weight.rows)
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = quant_matmul(x, &self.weight)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+            None => Ok(y),
+        }
+    }
+
+    fn input_grad(&self, dy: &Tensor) -> Result<Tensor> {
+        quant_matmul_t(dy, &self.weight)
     }
 }
 
@@ -80,6 +104,10 @@ impl Linear for QuantLinear {
             None => None,
         };
         Some(Arc::new(QuantKernel { weight: self.weight.clone(), bias }))
+    }
+
+    fn frozen_base(&self) -> Option<Arc<dyn FrozenBase>> {
+        Some(Arc::new(QuantBase { weight: self.weight.clone(), bias: self.bias.clone() }))
     }
 
     fn base_bytes(&self) -> usize {

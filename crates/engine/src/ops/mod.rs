@@ -12,7 +12,7 @@ mod cross_entropy;
 mod frozen_matmul;
 mod gated;
 mod linear_matmul;
-mod lora_dense;
+mod lora_frozen;
 mod lora_linear;
 mod norm;
 mod recompute;
@@ -31,7 +31,7 @@ pub use cross_entropy::{
 pub use frozen_matmul::frozen_matmul;
 pub use gated::{GateAct, gated};
 pub use linear_matmul::linear_matmul;
-pub use lora_dense::lora_linear_dense;
+pub use lora_frozen::{DenseBase, FrozenBase, lora_linear_frozen};
 pub use lora_linear::{DenseKernel, DropoutSpec, FrozenKernel, dropout_mask, lora_linear};
 pub use norm::{layer_norm, rms_norm};
 pub use rope::{RopeLayout, RopeTables, rope};

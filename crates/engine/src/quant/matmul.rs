@@ -23,6 +23,16 @@ pub fn quant_matmul(x: &Tensor, w: &Arc<QuantWeight>) -> Result<Tensor> {
     x.contiguous()?.apply_op1(QuantMatmul { w: w.clone(), transpose: false })
 }
 
+/// Computes `g · w` for a quantized `w` (`[out, in]`): the input gradient of [`quant_matmul`],
+/// `g` `[.., out]` → `[.., in]`, with no graph recorded.
+pub fn quant_matmul_t(g: &Tensor, w: &Arc<QuantWeight>) -> Result<Tensor> {
+    let n = g.dim(candle_core::D::Minus1)?;
+    if n != w.rows {
+        bail!("quantized matmul: gradient has {n} features, weight has {} outputs", w.rows);
+    }
+    g.contiguous()?.apply_op1_no_bwd(&QuantMatmul { w: w.clone(), transpose: true })
+}
+
 /// `transpose: false`: `y = x · Wᵀ` (`[.., in] → [.., out]`); `true`: `dx = g · W` (`[.., out] → [.., in]`).
 struct QuantMatmul {
     w: Arc<QuantWeight>,
@@ -241,8 +251,7 @@ impl CustomOp1 for QuantMatmul {
         if self.transpose {
             bail!("quantized matmul: second derivatives are not supported");
         }
-        let op = QuantMatmul { w: self.w.clone(), transpose: true };
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+        Ok(Some(quant_matmul_t(grad, &self.w)?))
     }
 }
 

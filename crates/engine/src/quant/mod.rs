@@ -21,8 +21,8 @@ pub use four_bit::{Absmax, FP4, FourBit, FourBitKind, NF4, quantize_4bit};
 pub use ggml::{GgmlRows, is_block_quantized};
 pub use half::HalfRows;
 pub use int8::Int8Rows;
-pub use matmul::quant_matmul;
 pub(crate) use matmul::quant_matmul_cpu;
+pub use matmul::{quant_matmul, quant_matmul_t};
 
 use crate::config::QuantSection;
 use crate::error::{EngineError, Result};

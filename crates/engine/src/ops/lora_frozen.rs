@@ -1,5 +1,6 @@
-//! LoRA over a frozen dense base as one op on any device (the GPU path; the CPU's f32 path is the
-//! fused kernel of [`super::lora_linear`]): `y = x · Wᵀ + b + scale · (dropout(x) · Aᵀ) · Bᵀ`.
+//! LoRA over a frozen base (dense or quantized) as one op on any device (the GPU path; the CPU's
+//! f32 path is the fused kernel of [`super::lora_linear`]):
+//! `y = base(x) + scale · (dropout(x) · Aᵀ) · Bᵀ`.
 //!
 //! Composed from candle ops, an adapted projection kept an f32 copy of its input and three
 //! `[rows, out]` temporaries alive until backward; here only the op's inputs are kept, and the
@@ -14,31 +15,64 @@ use super::recompute::with_backward;
 use candle_core::{D, DType, Result, Shape, Tensor, bail};
 use std::sync::Arc;
 
-/// `x` `[.., in]`, `a` `[r, in]`, `b` `[out, r]`, `w` `[out, in]` (frozen), `bias` `[out]`.
-pub fn lora_linear_dense(
+/// A frozen base as tensor ops on any device: its product and the gradient of its input. Neither
+/// records a graph (inputs arrive detached).
+pub trait FrozenBase: Send + Sync {
+    /// (in, out)
+    fn dims(&self) -> (usize, usize);
+    /// `x[m, in] · Wᵀ (+ bias)` in the base's compute dtype.
+    fn forward(&self, x: &Tensor) -> Result<Tensor>;
+    /// `dy[m, out] · W`.
+    fn input_grad(&self, dy: &Tensor) -> Result<Tensor>;
+}
+
+/// A dense frozen weight `[out, in]` (in the compute dtype) with an optional bias.
+pub struct DenseBase {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl FrozenBase for DenseBase {
+    fn dims(&self) -> (usize, usize) {
+        let d = self.weight.dims();
+        (d[1], d[0])
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.to_dtype(self.weight.dtype())?.matmul(&self.weight.t()?)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+            None => Ok(y),
+        }
+    }
+
+    fn input_grad(&self, dy: &Tensor) -> Result<Tensor> {
+        dy.to_dtype(self.weight.dtype())?.matmul(&self.weight)
+    }
+}
+
+/// `x` `[.., in]`, `a` `[r, in]`, `b` `[out, r]` over a frozen `base`.
+pub fn lora_linear_frozen(
     x: &Tensor,
     a: &Tensor,
     b: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
+    base: Arc<dyn FrozenBase>,
     scale: f64,
     dropout: Option<DropoutSpec>,
 ) -> Result<Tensor> {
-    let (n, k) = w.dims2()?;
+    let (k, n) = base.dims();
     let (r, a_in) = a.dims2()?;
     let (b_out, b_r) = b.dims2()?;
     if a_in != k || b_r != r || b_out != n || x.dim(D::Minus1)? != k {
         bail!(
-            "lora: shapes x {:?}, A {:?}, B {:?} do not fit a base weight {:?}",
+            "lora: shapes x {:?}, A {:?}, B {:?} do not fit a base with {k} inputs and {n} outputs",
             x.dims(),
             a.dims(),
             b.dims(),
-            w.dims()
         );
     }
-    let op = Arc::new(DenseLora {
-        w: w.detach(),
-        bias: bias.map(|b| b.detach()),
+    let op = Arc::new(FrozenLora {
+        base,
         scale,
         dropout: dropout.filter(|d| d.p > 0.0),
         m: x.elem_count() / k.max(1),
@@ -50,9 +84,8 @@ pub fn lora_linear_dense(
     with_backward(&[x, a, b], out, Arc::new(move |args, grad| op.backward(args[0], args[1], args[2], grad)))
 }
 
-struct DenseLora {
-    w: Tensor,
-    bias: Option<Tensor>,
+struct FrozenLora {
+    base: Arc<dyn FrozenBase>,
     scale: f64,
     dropout: Option<DropoutSpec>,
     /// Rows of `x`, its features, the base's outputs.
@@ -62,7 +95,7 @@ struct DenseLora {
     out_shape: Shape,
 }
 
-impl DenseLora {
+impl FrozenLora {
     /// The dropout mask `[m, k]` in `dtype`, redrawn from its seeded stream.
     fn mask(&self, dtype: DType, like: &Tensor) -> Result<Option<Tensor>> {
         self.dropout
@@ -82,10 +115,7 @@ impl DenseLora {
     }
 
     fn forward(&self, x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        let mut y = x.reshape((self.m, self.k))?.to_dtype(self.w.dtype())?.matmul(&self.w.t()?)?;
-        if let Some(bias) = &self.bias {
-            y = y.broadcast_add(&bias.to_dtype(y.dtype())?)?;
-        }
+        let y = self.base.forward(&x.reshape((self.m, self.k))?)?;
         let u = (self.adapter_input(x, a.dtype())?.matmul(&a.t()?)? * self.scale)?;
         let z = u.matmul(&b.t()?)?.to_dtype(y.dtype())?;
         (y + z)?.reshape(self.out_shape.clone())
@@ -97,12 +127,12 @@ impl DenseLora {
         let gf = g.to_dtype(a_.dtype())?;
         let gb = gf.matmul(&b_)?; // [m, r]
         let dx = if x.track_op() {
-            let base = g.to_dtype(self.w.dtype())?.matmul(&self.w)?; // [m, k]
+            let base = self.base.input_grad(&g)?; // [m, k]
             let mut lora = (gb.matmul(&a_)? * self.scale)?;
             if let Some(mask) = self.mask(lora.dtype(), x)? {
                 lora = (lora * mask)?;
             }
-            Some((base + lora.to_dtype(self.w.dtype())?)?.to_dtype(x.dtype())?.reshape(x.shape())?)
+            Some((&base + lora.to_dtype(base.dtype())?)?.to_dtype(x.dtype())?.reshape(x.shape())?)
         } else {
             None
         };
@@ -149,12 +179,12 @@ mod tests {
             let spec = DropoutSpec { p, seed: 7, keys: [1, 2, 3] };
             let mask = (p > 0.0).then(|| Tensor::from_vec(spec.mask(30), (2, 3, 5), &dev)).transpose()?;
             let expected = composed(x.as_tensor(), &w, &bias, a.as_tensor(), b.as_tensor(), mask.as_ref())?;
-            let ours = lora_linear_dense(
+            let base = Arc::new(DenseBase { weight: w.clone(), bias: Some(bias.clone()) });
+            let ours = lora_linear_frozen(
                 x.as_tensor(),
                 a.as_tensor(),
                 b.as_tensor(),
-                &w,
-                Some(&bias),
+                base,
                 0.5,
                 (p > 0.0).then_some(spec),
             )?;
@@ -177,17 +207,11 @@ mod tests {
         let x = randn(&[3, 5], 4, &dev)?;
         let a = Var::from_tensor(&randn(&[4, 5], 5, &dev)?)?;
         let b = Var::from_tensor(&randn(&[6, 4], 6, &dev)?)?;
-        let f32_out = lora_linear_dense(&x, a.as_tensor(), b.as_tensor(), &w, Some(&bias), 0.5, None)?;
+        let dense = |w: &Tensor, b: &Tensor| Arc::new(DenseBase { weight: w.clone(), bias: Some(b.clone()) });
+        let f32_out = lora_linear_frozen(&x, a.as_tensor(), b.as_tensor(), dense(&w, &bias), 0.5, None)?;
         let half = |t: &Tensor| t.to_dtype(DType::BF16);
-        let bf16_out = lora_linear_dense(
-            &half(&x)?,
-            a.as_tensor(),
-            b.as_tensor(),
-            &half(&w)?,
-            Some(&half(&bias)?),
-            0.5,
-            None,
-        )?;
+        let bf16_base = dense(&half(&w)?, &half(&bias)?);
+        let bf16_out = lora_linear_frozen(&half(&x)?, a.as_tensor(), b.as_tensor(), bf16_base, 0.5, None)?;
         assert_eq!(bf16_out.dtype(), DType::BF16);
         assert_close(&bf16_out.to_dtype(DType::F32)?, &f32_out, 0.1)?;
         let g = bf16_out.to_dtype(DType::F32)?.sum_all()?.backward()?;
