@@ -2,10 +2,11 @@
 //! intermediate `act(gate)` tensor alive for backward and makes one pass instead of three.
 
 use super::cpu::{ELEMENTS_PER_TASK, par_chunks, par_chunks2, slice, with_f32, zeroed};
-use super::recompute::recomputed;
+use super::recompute::with_backward;
 use super::use_cpu_kernels;
 use super::vexp::{silu_gated, silu_gated_backward, silu_scalar};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use std::sync::Arc;
 
 /// Activations with a fused kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +49,46 @@ pub fn gated(gate: &Tensor, up: &Tensor, act: GateAct) -> Result<Tensor> {
     if use_cpu_kernels(gate) && use_cpu_kernels(up) {
         return gate.contiguous()?.apply_op2(&up.contiguous()?, Gated(act));
     }
-    recomputed(&[gate, up], move |t| act.composed(&t[0])? * &t[1])
+    gated_off_cpu(gate, up, act)
+}
+
+/// Off the CPU kernels: candle's activation and product forward, the backward written out.
+fn gated_off_cpu(gate: &Tensor, up: &Tensor, act: GateAct) -> Result<Tensor> {
+    let out = (act.composed(&gate.detach())? * up.detach())?;
+    with_backward(&[gate, up], out, Arc::new(move |args, g| gated_backward(args[0], args[1], g, act)))
+}
+
+/// Off the CPU kernels: `d gate = g ⊙ up ⊙ act'(gate)`, `d up = g ⊙ act(gate)`, in f32.
+fn gated_backward(gate: &Tensor, up: &Tensor, g: &Tensor, act: GateAct) -> Result<Vec<Option<Tensor>>> {
+    let x = gate.detach().to_dtype(DType::F32)?;
+    let g32 = g.detach().to_dtype(DType::F32)?;
+    let (value, slope) = match act {
+        GateAct::Silu => {
+            let s = candle_nn::ops::sigmoid(&x)?;
+            // silu'(x) = s · (1 + x · (1 − s))
+            let slope = ((&x * s.affine(-1.0, 1.0)?)?.affine(1.0, 1.0)? * &s)?;
+            ((&x * &s)?, slope)
+        }
+        GateAct::GeluTanh => {
+            let k = SQRT_2_OVER_PI as f64;
+            let x2 = x.sqr()?;
+            let t = ((&x * x2.affine(0.044715, 1.0)?)? * k)?.tanh()?;
+            let one_plus_t = t.affine(1.0, 1.0)?;
+            let value = ((&x * &one_plus_t)? * 0.5)?;
+            // ½(1 + t) + ½ x (1 − t²) k (1 + 3 · 0.044715 x²)
+            let d_inner = (x2.affine(3.0 * 0.044715, 1.0)? * k)?;
+            let slope =
+                ((one_plus_t * 0.5)? + ((&x * t.sqr()?.affine(-1.0, 1.0)?)? * d_inner)?.affine(0.5, 0.0)?)?;
+            (value, slope)
+        }
+    };
+    let d_gate = if gate.track_op() {
+        Some(((&g32 * up.detach().to_dtype(DType::F32)?)? * slope)?.to_dtype(gate.dtype())?)
+    } else {
+        None
+    };
+    let d_up = if up.track_op() { Some((g32 * value)?.to_dtype(up.dtype())?) } else { None };
+    Ok(vec![d_gate, d_up])
 }
 
 struct Gated(GateAct);
@@ -115,6 +155,31 @@ mod tests {
     use super::*;
     use crate::ops::gradcheck::{assert_close, check_gradient, randn};
     use candle_core::{DType, Device};
+
+    /// The GPU path, run on the CPU: the gradients of gate and up equal the differentiated
+    /// composition's for both activations.
+    #[test]
+    fn off_cpu_gradients_match_the_differentiated_composition() -> Result<()> {
+        let dev = Device::Cpu;
+        let probe = randn(&[3, 7], 3, &dev)?;
+        for act in [GateAct::Silu, GateAct::GeluTanh] {
+            let g = candle_core::Var::from_tensor(&(randn(&[3, 7], 1, &dev)? * 2.0)?)?;
+            let u = candle_core::Var::from_tensor(&randn(&[3, 7], 2, &dev)?)?;
+            let expected = (act.composed(g.as_tensor())? * u.as_tensor())?;
+            let ours = gated_off_cpu(g.as_tensor(), u.as_tensor(), act)?;
+            assert_close(&ours, &expected, 1e-6)?;
+            let g1 = (&expected * &probe)?.sum_all()?.backward()?;
+            let g2 = (&ours * &probe)?.sum_all()?.backward()?;
+            for v in [&g, &u] {
+                assert_close(
+                    g2.get(v.as_tensor()).expect("ours"),
+                    g1.get(v.as_tensor()).expect("candle's"),
+                    1e-5,
+                )?;
+            }
+        }
+        Ok(())
+    }
 
     #[test]
     fn matches_composition_and_finite_differences() -> Result<()> {

@@ -2,10 +2,11 @@
 //! candle's fused `rms_norm`/`layer_norm` record no backward at all.
 
 use super::cpu::{slice, threads, with_f32, zeroed};
-use super::recompute::recomputed;
+use super::recompute::{recomputed, with_backward};
 use super::use_cpu_kernels;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// `x / rms(x) * (weight + offset)`; `offset` is 1 for Gemma's `(1 + w)` norms, else 0.
 /// Statistics are computed in f32 like Hugging Face does, whatever the compute dtype.
@@ -13,9 +14,50 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f64) -> Result<Te
     if use_cpu_kernels(x) && weight.dtype() == DType::F32 {
         return x.contiguous()?.apply_op2(&weight.contiguous()?, RmsNorm { eps, offset });
     }
-    recomputed(&[x, weight], move |t| composed_rms_norm(&t[0], &t[1], eps, offset))
+    rms_norm_off_cpu(x, weight, eps, offset)
 }
 
+/// Off the CPU kernels: candle's fused forward, and with `x̂ = x · r`, `r = 1 / rms(x)`,
+/// `w' = weight + offset`, the backward written out: `dx = r · (g·w' − x̂ · mean(g·w' ⊙ x̂))`,
+/// `dw = Σ_rows g ⊙ x̂`, in f32.
+fn rms_norm_off_cpu(x: &Tensor, weight: &Tensor, eps: f64, offset: f64) -> Result<Tensor> {
+    let w = (weight.detach().to_dtype(DType::F32)? + offset)?.to_dtype(x.dtype())?;
+    let out = candle_nn::ops::rms_norm(&x.detach().contiguous()?, &w, eps as f32)?;
+    with_backward(
+        &[x, weight],
+        out,
+        Arc::new(move |args, g| rms_norm_backward(args[0], args[1], g, eps, offset)),
+    )
+}
+
+fn rms_norm_backward(
+    x: &Tensor,
+    weight: &Tensor,
+    g: &Tensor,
+    eps: f64,
+    offset: f64,
+) -> Result<Vec<Option<Tensor>>> {
+    let x32 = x.detach().to_dtype(DType::F32)?;
+    let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let xhat = x32.broadcast_mul(&r)?;
+    let g32 = g.detach().to_dtype(DType::F32)?;
+    let dx = if x.track_op() {
+        let gw = g32.broadcast_mul(&(weight.detach().to_dtype(DType::F32)? + offset)?)?;
+        let m = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
+        Some((gw - xhat.broadcast_mul(&m)?)?.broadcast_mul(&r)?.to_dtype(x.dtype())?)
+    } else {
+        None
+    };
+    let dw = if weight.track_op() {
+        let d = xhat.dim(D::Minus1)?;
+        Some((g32 * &xhat)?.reshape(((), d))?.sum(0)?.to_dtype(weight.dtype())?)
+    } else {
+        None
+    };
+    Ok(vec![dx, dw])
+}
+
+#[cfg(test)]
 fn composed_rms_norm(x: &Tensor, weight: &Tensor, eps: f64, offset: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x32 = x.to_dtype(DType::F32)?;
@@ -272,6 +314,31 @@ mod tests {
         let x64 = x.to_dtype(DType::F64)?;
         let var = x64.sqr()?.mean_keepdim(D::Minus1)?;
         x64.broadcast_div(&(var + 1e-5)?.sqrt()?)?.broadcast_mul(&(w.to_dtype(DType::F64)? + offset)?)
+    }
+
+    /// The GPU path, run on the CPU: values and the gradients of x and a trained weight equal
+    /// the differentiated composition's, with and without Gemma's offset.
+    #[test]
+    fn off_cpu_rms_norm_matches_the_differentiated_composition() -> Result<()> {
+        let dev = Device::Cpu;
+        let probe = randn(&[3, 4, 8], 5, &dev)?;
+        for offset in [0.0, 1.0] {
+            let (x, w) =
+                (Var::from_tensor(&randn(&[3, 4, 8], 1, &dev)?)?, Var::from_tensor(&randn(&[8], 2, &dev)?)?);
+            let expected = composed_rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, offset)?;
+            let ours = rms_norm_off_cpu(x.as_tensor(), w.as_tensor(), 1e-5, offset)?;
+            assert_close(&ours, &expected, 1e-5)?;
+            let g1 = (&expected * &probe)?.sum_all()?.backward()?;
+            let g2 = (&ours * &probe)?.sum_all()?.backward()?;
+            for v in [&x, &w] {
+                assert_close(
+                    g2.get(v.as_tensor()).expect("ours"),
+                    g1.get(v.as_tensor()).expect("candle's"),
+                    1e-5,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     #[test]

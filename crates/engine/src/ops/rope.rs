@@ -3,9 +3,10 @@
 //! rotation (only the first `rot_dim` features of each head rotate; the rest pass through).
 
 use super::cpu::{ELEMENTS_PER_TASK, copied, par_chunks, slice};
-use super::recompute::recomputed;
+use super::recompute::with_backward;
 use super::use_cpu_kernels;
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Result, Shape, Tensor, bail};
+use std::sync::Arc;
 
 /// How rotated features are paired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,11 +80,32 @@ pub fn rope(x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
         };
         return x.contiguous()?.apply_op1(op);
     }
-    let half = tables.rot_dim / 2;
-    let cos = tables.cos_t.narrow(0, offset, t)?.reshape((t, 1, half))?.to_dtype(x.dtype())?;
-    let sin = tables.sin_t.narrow(0, offset, t)?.reshape((t, 1, half))?.to_dtype(x.dtype())?;
-    let (rot, layout) = (tables.rot_dim, tables.layout);
-    recomputed(&[x], move |t| composed(&t[0], &cos, &sin, rot, layout))
+    let cos = tables.cos_t.narrow(0, offset, t)?.contiguous()?.to_dtype(x.dtype())?;
+    let sin = tables.sin_t.narrow(0, offset, t)?.contiguous()?.to_dtype(x.dtype())?;
+    rope_off_cpu(x, cos, sin, tables.rot_dim, tables.layout)
+}
+
+/// Off the CPU kernels. A rotation is linear and its transpose is the rotation by the opposite
+/// angle, so backward rotates the gradient by `-θ`: nothing is kept but the tables.
+fn rope_off_cpu(x: &Tensor, cos: Tensor, sin: Tensor, rot: usize, layout: RopeLayout) -> Result<Tensor> {
+    let out = rotate(&x.detach(), &cos, &sin, rot, layout)?;
+    let neg_sin = sin.neg()?;
+    with_backward(
+        &[x],
+        out,
+        Arc::new(move |_, g| Ok(vec![Some(rotate(&g.detach(), &cos, &neg_sin, rot, layout)?)])),
+    )
+}
+
+/// `x` `[b, t, h, d]` rotated by the angles of `cos`/`sin` `[t, rot / 2]`: candle's fused kernel
+/// for full-width half-split rotations, the composition otherwise.
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize, layout: RopeLayout) -> Result<Tensor> {
+    let (_, t, _, d) = x.dims4()?;
+    if layout == RopeLayout::HalfSplit && rot == d {
+        return candle_nn::rotary_emb::rope_thd(&x.contiguous()?, cos, sin);
+    }
+    let half = rot / 2;
+    composed(x, &cos.reshape((t, 1, half))?, &sin.reshape((t, 1, half))?, rot, layout)
 }
 
 fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize, layout: RopeLayout) -> Result<Tensor> {
@@ -213,6 +235,33 @@ mod tests {
                 )?;
                 assert_close(&rope(&x, &tb, 2)?, &expected, 1e-6)?;
                 check_gradient(|x| rope(x, &tb, 2), &x, 7, 1e-2, 1e-3)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The GPU path, run on the CPU (the fused kernel for full half-split rotations, the
+    /// composition for the rest): values and gradients equal the differentiated composition's.
+    #[test]
+    fn off_cpu_rotation_matches_the_differentiated_composition() -> Result<()> {
+        let probe = randn(&[2, 5, 3, 8], 9, &Device::Cpu)?;
+        for layout in [RopeLayout::HalfSplit, RopeLayout::Interleaved] {
+            for rot in [8, 4] {
+                let tb = tables(rot, layout)?;
+                let (cos, sin) =
+                    (tb.cos_t.narrow(0, 2, 5)?.contiguous()?, tb.sin_t.narrow(0, 2, 5)?.contiguous()?);
+                let x = candle_core::Var::from_tensor(&randn(&[2, 5, 3, 8], 1, &Device::Cpu)?)?;
+                let (c3, s3) = (cos.reshape((5, 1, rot / 2))?, sin.reshape((5, 1, rot / 2))?);
+                let expected = composed(x.as_tensor(), &c3, &s3, rot, layout)?;
+                let ours = rope_off_cpu(x.as_tensor(), cos, sin, rot, layout)?;
+                assert_close(&ours, &expected, 1e-6)?;
+                let g1 = (&expected * &probe)?.sum_all()?.backward()?;
+                let g2 = (&ours * &probe)?.sum_all()?.backward()?;
+                assert_close(
+                    g2.get(x.as_tensor()).expect("ours"),
+                    g1.get(x.as_tensor()).expect("candle's"),
+                    1e-6,
+                )?;
             }
         }
         Ok(())
