@@ -4,10 +4,12 @@
 //! logits: it walks the rows in chunks, forward and backward.
 
 use super::cpu::{Mat, sgemm, slice, threads, with_f32};
+use super::recompute::with_backward;
 use super::vexp::exp_shifted;
 use super::{frozen_matmul, use_cpu_kernels};
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// The label value that marks a position without a target (PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;
@@ -19,9 +21,35 @@ pub fn cross_entropy_sum(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
     if use_cpu_kernels(logits) {
         return logits.contiguous()?.apply_op1(CrossEntropy { targets: targets.to_vec() });
     }
-    let logp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?;
+    cross_entropy_off_cpu(logits, targets)
+}
+
+/// Off the CPU kernels: each row's `logsumexp − logit[target]` in f32, with the backward written
+/// out, `d logits = g · (softmax(logits) − onehot(target))`, so no `[rows, vocab]` f32 tensor
+/// outlives the forward (a composed log-softmax kept five, each 2 GB for 4096 tokens of a
+/// 128k vocabulary).
+fn cross_entropy_off_cpu(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+    let (n, v) = logits.dims2()?;
+    if n == 0 {
+        return logits.sum_all()?.to_dtype(DType::F32)? * 0.0;
+    }
     let idx = Tensor::from_slice(targets, (n, 1), logits.device())?;
-    logp.gather(&idx, 1)?.sum_all()? * -1.0
+    let x = logits.detach().to_dtype(DType::F32)?;
+    let max = x.max_keepdim(D::Minus1)?;
+    let lse = (x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
+    let loss = (lse - x.gather(&idx, 1)?)?.sum_all()?;
+    with_backward(
+        &[logits],
+        loss,
+        Arc::new(move |args, g| {
+            let logits = args[0];
+            let p = candle_nn::ops::softmax_last_dim(&logits.detach().to_dtype(DType::F32)?)?;
+            let classes = Tensor::arange(0u32, v as u32, p.device())?.unsqueeze(0)?;
+            let onehot = idx.broadcast_eq(&classes)?.to_dtype(DType::F32)?;
+            let g = g.detach().to_dtype(DType::F32)?.reshape((1, 1))?;
+            Ok(vec![Some((p - onehot)?.broadcast_mul(&g)?.to_dtype(logits.dtype())?)])
+        }),
+    )
 }
 
 /// [`masked_cross_entropy_sum`] of `softcap(h · wᵀ)` for a frozen head weight `w` (`[vocab, hidden]`),
@@ -243,6 +271,25 @@ mod tests {
         let targets = [0u32, 3, 10, 5, 5, 1, 2];
         assert_close(&cross_entropy_sum(&logits, &targets)?, &reference(&logits, &targets)?, 1e-5)?;
         check_gradient(|x| cross_entropy_sum(x, &targets), &logits, 1, 1e-2, 1e-3)?;
+        Ok(())
+    }
+
+    /// The GPU path, run on the CPU: the loss and its gradient equal the f64 log-softmax's, and
+    /// no targets give a zero loss that still joins the graph.
+    #[test]
+    fn off_cpu_cross_entropy_matches_log_softmax() -> Result<()> {
+        let logits = Var::from_tensor(&(randn(&[7, 11], 1, &Device::Cpu)? * 3.0)?)?;
+        let targets = [0u32, 3, 10, 5, 5, 1, 2];
+        let ours = cross_entropy_off_cpu(logits.as_tensor(), &targets)?;
+        let expected = reference(logits.as_tensor(), &targets)?;
+        assert_close(&ours, &expected, 1e-5)?;
+        let g1 = (expected * 0.5)?.backward()?;
+        let g2 = (ours * 0.5)?.backward()?;
+        let t = logits.as_tensor();
+        assert_close(g2.get(t).expect("ours"), g1.get(t).expect("reference"), 1e-6)?;
+        let none = cross_entropy_off_cpu(&t.narrow(0, 0, 0)?, &[])?;
+        assert_eq!(none.to_scalar::<f32>()?, 0.0);
+        assert!(none.track_op());
         Ok(())
     }
 
