@@ -14,9 +14,12 @@
 //!   the targeted projections of every layer; 0 for full (the weights are the trainable part);
 //! - **gradients**: full `P·w`; LoRA/QLoRA `T·4`;
 //! - **optimizer** (AdamW, two f32 moments): `T·8` (full: `T = P`);
-//! - **activations**: one block keeps about `B·S·(10h + 4I)·a + 2·B·H·S²·a` for backward; without
-//!   gradient checkpointing all `L` blocks do, with it only the `L` block inputs `B·S·h·a` plus
-//!   one block; the loss adds `B·S·V·(a + 8)` (logits, f32 log-softmax and its gradient).
+//! - **activations**: one block keeps about `B·S·(10h + 4I)·a` for backward; without gradient
+//!   checkpointing all `L` blocks do, with it only the `L` block inputs `B·S·h·a` plus one block.
+//!   Backward adds one block's gradients (`B·S·(10h + 4I)·a` again) and, once, the attention
+//!   scores of the block it is in, `3·B·H·S²·a` (probabilities, their gradient and the scores':
+//!   no path keeps a `[B, H, S, S]` tensor from forward to backward, but the GPU's backward
+//!   holds three at once). The loss adds `B·S·V·(a + 8)` (logits, f32 softmax and its gradient).
 //!
 //! Not included: the CUDA context and allocator slack (a few hundred MB), which is why [`fit`]
 //! calls anything above 85% of the available memory "tight".
@@ -173,9 +176,10 @@ pub fn estimate(d: &ModelDims, o: &MemoryOptions) -> MemoryEstimate {
         _ => (trainable_params * 4, trainable_params * 4),
     };
     let optimizer = trainable_params * 8;
-    let block = b * s * (10 * h + 4 * i) * a + 2 * b * heads * s * s * a;
+    let block = b * s * (10 * h + 4 * i) * a;
     let blocks = if o.grad_checkpointing { l * b * s * h * a + block } else { l * block };
-    let activations = blocks + b * s * v * (a + 8);
+    let backward = block + 3 * b * heads * s * s * a;
+    let activations = blocks + backward + b * s * v * (a + 8);
     let total = weights + trainable + gradients + optimizer + activations;
     MemoryEstimate { weights, trainable, gradients, optimizer, activations, total, trainable_params }
 }
@@ -263,6 +267,20 @@ mod tests {
         assert!((qlora.weights as f64 / GB - 3.87).abs() < 0.05, "{qlora:?}");
         assert!(qlora.total < 6 * 1_000_000_000, "QLoRA 7B fits an 8 GB GPU at batch 1: {qlora:?}");
         assert!(full.total > 80 * 1_000_000_000, "full 7B does not fit an 80 GB GPU: {full:?}");
+    }
+
+    /// Attention scores are counted once (the block in backward), not per layer: doubling the
+    /// layers adds exactly one block's kept activations per layer, however long the sequence.
+    #[test]
+    fn attention_scores_count_once_not_per_layer() {
+        let d = llama_7b();
+        let deeper = ModelDims { layers: 2 * d.layers, ..d.clone() };
+        for s in [512usize, 4096] {
+            let o = MemoryOptions { grad_checkpointing: false, ..opts(MethodKind::Lora, 2, s) };
+            let added = estimate(&deeper, &o).activations - estimate(&d, &o).activations;
+            let block = 2 * s as u64 * (10 * 4096 + 4 * 11008) * 2;
+            assert_eq!(added, d.layers as u64 * block, "seq {s}");
+        }
     }
 
     #[test]
