@@ -11,7 +11,7 @@
 //! GPU step (see docs/benchmarks.md, "Where the GPU time goes").
 
 use super::AttentionMask;
-use super::recompute::with_backward;
+use super::custom_backward::with_backward;
 use candle_core::{D, Result, Tensor};
 use std::sync::Arc;
 

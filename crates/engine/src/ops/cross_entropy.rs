@@ -4,7 +4,7 @@
 //! logits: it walks the rows in chunks, forward and backward.
 
 use super::cpu::{Mat, sgemm, slice, threads, with_f32};
-use super::recompute::with_backward;
+use super::custom_backward::with_backward;
 use super::vexp::exp_shifted;
 use super::{frozen_matmul, use_cpu_kernels};
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor, bail};

@@ -2,7 +2,7 @@
 //! intermediate `act(gate)` tensor alive for backward and makes one pass instead of three.
 
 use super::cpu::{ELEMENTS_PER_TASK, par_chunks, par_chunks2, slice, with_f32, zeroed};
-use super::recompute::with_backward;
+use super::custom_backward::with_backward;
 use super::use_cpu_kernels;
 use super::vexp::{silu_gated, silu_gated_backward, silu_scalar};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};

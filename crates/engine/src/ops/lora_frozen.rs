@@ -10,8 +10,8 @@
 //! dtype (f32) whatever the base's, as PEFT does.
 
 use super::cpu::with_last_dim;
+use super::custom_backward::with_backward;
 use super::lora_linear::DropoutSpec;
-use super::recompute::with_backward;
 use candle_core::{D, DType, Result, Shape, Tensor, bail};
 use std::sync::Arc;
 

@@ -1,21 +1,21 @@
 //! Differentiable building blocks for training. candle's fused norm, softmax and rope kernels
 //! record no backward, and its matmul stores gradients for frozen weights; every op here has a
 //! correct backward. On the CPU with f32 they run as fused kernels (a `CustomOp` whose backward is
-//! another kernel); elsewhere they fall back to compositions of candle ops whose backward is right,
-//! run so that their intermediates are not kept for backward ([`recompute`]).
+//! another kernel); elsewhere as candle's forward kernels with the backward written out, keeping
+//! nothing for backward but their inputs ([`custom_backward`]).
 
 mod attention;
 mod attention_off_cpu;
 pub mod blas;
 pub(crate) mod cpu;
 mod cross_entropy;
+mod custom_backward;
 mod frozen_matmul;
 mod gated;
 mod linear_matmul;
 mod lora_frozen;
 mod lora_linear;
 mod norm;
-mod recompute;
 mod rope;
 mod vexp;
 
@@ -43,8 +43,8 @@ pub(crate) fn use_cpu_kernels(t: &Tensor) -> bool {
     matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && cpu_kernels_enabled()
 }
 
-/// `FINETUNE_CPU_KERNELS=off` runs the CPU through the paths GPUs take (compositions of candle
-/// ops, recomputed in backward), so the reference tests can check those paths without a GPU.
+/// `FINETUNE_CPU_KERNELS=off` runs the CPU through the paths GPUs take (candle's kernels with
+/// written-out backwards), so the reference tests can check those paths without a GPU.
 fn cpu_kernels_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("FINETUNE_CPU_KERNELS").map(|v| v != "off").unwrap_or(true))

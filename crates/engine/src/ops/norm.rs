@@ -2,7 +2,7 @@
 //! candle's fused `rms_norm`/`layer_norm` record no backward at all.
 
 use super::cpu::{slice, threads, with_f32, zeroed};
-use super::recompute::{recomputed, with_backward};
+use super::custom_backward::with_backward;
 use super::use_cpu_kernels;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -89,9 +89,53 @@ pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, ep
     if use_cpu_kernels(x) && w.dtype() == DType::F32 && b.dtype() == DType::F32 {
         return x.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNorm { eps });
     }
-    recomputed(&[x, w, b], move |t| composed_layer_norm(&t[0], &t[1], &t[2], eps))
+    layer_norm_off_cpu(x, w, b, eps)
 }
 
+/// Off the CPU kernels: candle's fused forward, and with `x̂ = (x − mean) · r`, `r = 1 / std(x)`,
+/// the backward written out: `dx = r · (g·w − mean(g·w) − x̂ · mean(g·w ⊙ x̂))`,
+/// `dw = Σ_rows g ⊙ x̂`, `db = Σ_rows g`, in f32.
+fn layer_norm_off_cpu(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let (wx, bx) = (w.detach().to_dtype(x.dtype())?, b.detach().to_dtype(x.dtype())?);
+    let out = candle_nn::ops::layer_norm(&x.detach().contiguous()?, &wx, &bx, eps as f32)?;
+    with_backward(
+        &[x, w, b],
+        out,
+        Arc::new(move |args, g| layer_norm_backward(args[0], args[1], args[2], g, eps)),
+    )
+}
+
+fn layer_norm_backward(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    g: &Tensor,
+    eps: f64,
+) -> Result<Vec<Option<Tensor>>> {
+    let x32 = x.detach().to_dtype(DType::F32)?;
+    let centered = x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)?;
+    let r = (centered.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let xhat = centered.broadcast_mul(&r)?;
+    let g32 = g.detach().to_dtype(DType::F32)?;
+    let d = xhat.dim(D::Minus1)?;
+    let dx = if x.track_op() {
+        let gw = g32.broadcast_mul(&w.detach().to_dtype(DType::F32)?)?;
+        let m1 = gw.mean_keepdim(D::Minus1)?;
+        let m2 = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
+        Some(gw.broadcast_sub(&m1)?.sub(&xhat.broadcast_mul(&m2)?)?.broadcast_mul(&r)?.to_dtype(x.dtype())?)
+    } else {
+        None
+    };
+    let dw = if w.track_op() {
+        Some((&g32 * &xhat)?.reshape(((), d))?.sum(0)?.to_dtype(w.dtype())?)
+    } else {
+        None
+    };
+    let db = if b.track_op() { Some(g32.reshape(((), d))?.sum(0)?.to_dtype(b.dtype())?) } else { None };
+    Ok(vec![dx, dw, db])
+}
+
+#[cfg(test)]
 fn composed_layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x32 = x.to_dtype(DType::F32)?;
@@ -337,6 +381,30 @@ mod tests {
                     1e-5,
                 )?;
             }
+        }
+        Ok(())
+    }
+
+    /// The GPU path of LayerNorm, run on the CPU: values and the gradients of x, weight and bias
+    /// equal the differentiated composition's.
+    #[test]
+    fn off_cpu_layer_norm_matches_the_differentiated_composition() -> Result<()> {
+        let dev = Device::Cpu;
+        let probe = randn(&[3, 4, 8], 5, &dev)?;
+        let x = Var::from_tensor(&randn(&[3, 4, 8], 1, &dev)?)?;
+        let w = Var::from_tensor(&randn(&[8], 2, &dev)?)?;
+        let b = Var::from_tensor(&randn(&[8], 3, &dev)?)?;
+        let expected = composed_layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?;
+        let ours = layer_norm_off_cpu(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?;
+        assert_close(&ours, &expected, 1e-5)?;
+        let g1 = (&expected * &probe)?.sum_all()?.backward()?;
+        let g2 = (&ours * &probe)?.sum_all()?.backward()?;
+        for v in [&x, &w, &b] {
+            assert_close(
+                g2.get(v.as_tensor()).expect("ours"),
+                g1.get(v.as_tensor()).expect("candle's"),
+                1e-5,
+            )?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 //! rotation (only the first `rot_dim` features of each head rotate; the rest pass through).
 
 use super::cpu::{ELEMENTS_PER_TASK, copied, par_chunks, slice};
-use super::recompute::with_backward;
+use super::custom_backward::with_backward;
 use super::use_cpu_kernels;
 use candle_core::{CpuStorage, CustomOp1, D, DType, Device, Layout, Result, Shape, Tensor, bail};
 use std::sync::Arc;

@@ -1,18 +1,18 @@
 //! Training ops off the CPU kernels (GPUs, and CPU dtypes other than f32) that keep nothing for
 //! backward but their inputs.
 //!
-//! Off the CPU the ops here are compositions of candle ops, and candle's autograd keeps every
-//! intermediate of a composition alive until backward reaches it: on a GPU that was most of a
-//! step's memory (per layer ~10 `[batch, heads, T, T]` attention tensors, and per adapted
-//! projection an f32 copy of its input and three `[rows, out]` temporaries). Here the composition
-//! runs on detached inputs, so its intermediates are freed as soon as the output exists, and the
-//! output joins the graph through a custom op whose backward either recomputes the composition
-//! with autograd ([`recomputed`]) or is written out by hand ([`with_backward`]).
+//! Composed from candle ops, an op's intermediates all stay alive until backward reaches them
+//! (candle's autograd keeps every node's inputs): on a GPU that was most of a step's memory (per
+//! layer ~10 `[batch, heads, T, T]` attention tensors, and per adapted projection an f32 copy of
+//! its input and three `[rows, out]` temporaries), and differentiating through the composition
+//! was most of its time. Instead each op runs its forward on detached inputs (candle's fused
+//! kernels where they exist; the intermediates are freed as soon as the output exists) and joins
+//! the graph through [`with_backward`]: one custom op whose backward is written out.
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, Layout, MetalStorage, Result, Shape, Storage,
-    Tensor, Var, bail,
+    Tensor, bail,
 };
 use std::sync::{Arc, Mutex};
 
@@ -34,39 +34,6 @@ pub(crate) fn with_backward(inputs: &[&Tensor], out: Tensor, backward: Backward)
         [a, b, c] => a.apply_op3(b, c, op),
         _ => bail!("precomputed op: {} inputs (1 to 3 are supported)", inputs.len()),
     }
-}
-
-/// `f(inputs)` whose intermediates are not kept: backward runs `f` again on tracked copies of the
-/// inputs and differentiates that. For compositions whose forward is cheap next to what keeping
-/// its intermediates costs (norms, activations, rotary embeddings, attention's softmax).
-pub(crate) fn recomputed<F>(inputs: &[&Tensor], f: F) -> Result<Tensor>
-where
-    F: Fn(&[Tensor]) -> Result<Tensor> + Send + Sync + 'static,
-{
-    let detached: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();
-    let out = f(&detached)?;
-    let f = Arc::new(f);
-    with_backward(inputs, out, Arc::new(move |args, grad| grads_by_recompute(args, grad, f.as_ref())))
-}
-
-fn grads_by_recompute(
-    args: &[&Tensor],
-    grad: &Tensor,
-    f: &(dyn Fn(&[Tensor]) -> Result<Tensor> + Send + Sync),
-) -> Result<Vec<Option<Tensor>>> {
-    let vars = args
-        .iter()
-        .map(|t| if t.track_op() { Var::from_tensor(&t.detach()).map(Some) } else { Ok(None) })
-        .collect::<Result<Vec<_>>>()?;
-    let inputs: Vec<Tensor> = args
-        .iter()
-        .zip(&vars)
-        .map(|(t, v)| v.as_ref().map(|v| v.as_tensor().clone()).unwrap_or(t.detach()))
-        .collect();
-    let out = f(&inputs)?;
-    // d(sum(out ⊙ grad))/d(out) is exactly `grad`.
-    let grads = (out * grad.detach())?.sum_all()?.backward()?;
-    Ok(vars.iter().map(|v| v.as_ref().and_then(|v| grads.get(v.as_tensor()).cloned())).collect())
 }
 
 struct Precomputed {
@@ -225,43 +192,40 @@ impl CustomOp3 for Precomputed {
 mod tests {
     use super::*;
     use crate::ops::gradcheck::{assert_close, randn};
-    use candle_core::{D, DType, Device};
+    use candle_core::{DType, Device, Var};
 
-    /// A composition with several intermediates and a broadcast input.
-    fn f(t: &[Tensor]) -> Result<Tensor> {
-        let s = (t[0].exp()? * &t[1])?.sum_keepdim(D::Minus1)?;
-        t[0].tanh()?.broadcast_mul(&s)?.broadcast_add(&t[2])
+    #[test]
+    fn without_tracked_inputs_the_output_is_returned_as_it_is() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = randn(&[4], 1, &dev)?;
+        let out = (&x * 3.0)?;
+        let y = with_backward(&[&x], out.clone(), Arc::new(|_, _| bail!("no backward expected")))?;
+        assert!(!y.track_op());
+        assert_close(&y, &out, 0.0)
     }
 
     #[test]
-    fn recomputed_matches_the_plain_composition_in_value_and_gradient() -> Result<()> {
+    fn three_inputs_get_their_gradients_and_an_untracked_one_none() -> Result<()> {
         let dev = Device::Cpu;
-        let (a, b, c) = (randn(&[3, 5], 1, &dev)?, randn(&[3, 5], 2, &dev)?, randn(&[5], 3, &dev)?);
-        let probe = randn(&[3, 5], 4, &dev)?;
-        let (va, vb) = (Var::from_tensor(&a)?, Var::from_tensor(&b)?);
-        let plain = f(&[va.as_tensor().clone(), vb.as_tensor().clone(), c.clone()])?;
-        let g1 = (&plain * &probe)?.sum_all()?.backward()?;
-        let ours = recomputed(&[va.as_tensor(), vb.as_tensor(), &c], f)?;
-        assert!(ours.track_op(), "the output joins the graph");
-        assert_close(&ours, &plain, 0.0)?;
-        let g2 = (&ours * &probe)?.sum_all()?.backward()?;
-        for v in [&va, &vb] {
-            let (x, y) =
-                (g1.get(v.as_tensor()).expect("plain grad"), g2.get(v.as_tensor()).expect("our grad"));
-            assert_close(y, x, 1e-6)?;
-        }
-        // The input that tracks nothing gets no gradient.
-        assert!(g2.get(&c).is_none());
+        let (a, b) = (Var::from_tensor(&randn(&[3], 1, &dev)?)?, Var::from_tensor(&randn(&[3], 2, &dev)?)?);
+        let c = randn(&[3], 3, &dev)?;
+        // f = a·b + c, elementwise
+        let out = ((a.as_tensor() * b.as_tensor())? + &c)?.detach();
+        let y = with_backward(
+            &[a.as_tensor(), b.as_tensor(), &c],
+            out,
+            Arc::new(|args, g| {
+                let da = (g * args[1].detach())?;
+                let db = (g * args[0].detach())?;
+                Ok(vec![Some(da), Some(db), args[2].track_op().then(|| g.clone())])
+            }),
+        )?;
+        assert!(y.track_op());
+        let grads = (y.sum_all()? * 2.0)?.backward()?;
+        assert_close(grads.get(a.as_tensor()).expect("da"), &(b.as_tensor() * 2.0)?, 1e-6)?;
+        assert_close(grads.get(b.as_tensor()).expect("db"), &(a.as_tensor() * 2.0)?, 1e-6)?;
+        assert!(grads.get(&c).is_none());
         Ok(())
-    }
-
-    #[test]
-    fn without_tracked_inputs_it_is_the_composition_itself() -> Result<()> {
-        let dev = Device::Cpu;
-        let t = [randn(&[2, 4], 1, &dev)?, randn(&[2, 4], 2, &dev)?, randn(&[4], 3, &dev)?];
-        let out = recomputed(&[&t[0], &t[1], &t[2]], f)?;
-        assert!(!out.track_op());
-        assert_close(&out, &f(&t)?, 0.0)
     }
 
     #[test]
