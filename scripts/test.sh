@@ -54,8 +54,20 @@ step "cargo test (workspace, desktop shell included)"
 cargo test "${features[@]}" "$@"
 
 step "the engine's reference tests through the GPU paths, on the CPU (FINETUNE_CPU_KERNELS=off)"
-FINETUNE_CPU_KERNELS=off cargo test "${features[@]}" --test parity --test training --test family_training --test qlora \
-  --test seq2seq_training
+# The binaries the step above built, run again (asking cargo for only these targets would resolve
+# other features and rebuild half the dependencies).
+gpu_path_tests=(parity training family_training qlora seq2seq_training)
+cargo test "${features[@]}" --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+wanted = set(sys.argv[1:])
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"] \
+            and m["target"]["name"] in wanted:
+        print(m["executable"])' "${gpu_path_tests[@]}" >target/gpu-path-tests.txt
+[ "$(wc -l <target/gpu-path-tests.txt)" -eq "${#gpu_path_tests[@]}" ] \
+  || { echo "error: expected the test binaries ${gpu_path_tests[*]}, found: $(cat target/gpu-path-tests.txt)" >&2; exit 1; }
+while read -r exe; do FINETUNE_CPU_KERNELS=off "$exe" -q; done <target/gpu-path-tests.txt
 
 step "TensorBoard files read back by the tensorboard package (its own virtualenv)"
 scripts/check_tensorboard.sh
