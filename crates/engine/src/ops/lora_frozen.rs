@@ -71,23 +71,32 @@ pub fn lora_linear_frozen(
             b.dims(),
         );
     }
-    let op = Arc::new(FrozenLora {
-        base,
-        scale,
-        dropout: dropout.filter(|d| d.p > 0.0),
-        m: x.elem_count() / k.max(1),
-        k,
-        n,
-        out_shape: with_last_dim(x.dims(), n),
-    });
+    let m = x.elem_count() / k.max(1);
+    let dropout = match dropout.filter(|d| d.p > 0.0) {
+        Some(d) => Some(Dropout {
+            kept: Tensor::from_vec(d.kept(m * k), (m, k), x.device())?,
+            scale: d.keep_scale(),
+        }),
+        None => None,
+    };
+    let op = Arc::new(FrozenLora { base, scale, dropout, m, k, n, out_shape: with_last_dim(x.dims(), n) });
     let out = op.forward(&x.detach(), &a.detach(), &b.detach())?;
     with_backward(&[x, a, b], out, Arc::new(move |args, grad| op.backward(args[0], args[1], args[2], grad)))
+}
+
+/// A dropout mask drawn once per forward and kept (one byte per element) for the backward:
+/// drawing it on the host is the slow part, and it must not be drawn twice.
+struct Dropout {
+    /// `[m, k]` u8, 1 where the input is kept.
+    kept: Tensor,
+    /// `1 / (1 − p)`.
+    scale: f64,
 }
 
 struct FrozenLora {
     base: Arc<dyn FrozenBase>,
     scale: f64,
-    dropout: Option<DropoutSpec>,
+    dropout: Option<Dropout>,
     /// Rows of `x`, its features, the base's outputs.
     m: usize,
     k: usize,
@@ -96,19 +105,15 @@ struct FrozenLora {
 }
 
 impl FrozenLora {
-    /// The dropout mask `[m, k]` in `dtype`, redrawn from its seeded stream.
-    fn mask(&self, dtype: DType, like: &Tensor) -> Result<Option<Tensor>> {
-        self.dropout
-            .map(|d| {
-                Tensor::from_vec(d.mask(self.m * self.k), (self.m, self.k), like.device())?.to_dtype(dtype)
-            })
-            .transpose()
+    /// The dropout mask `[m, k]` in `dtype`: 0 or `1 / (1 − p)`.
+    fn mask(&self, dtype: DType) -> Result<Option<Tensor>> {
+        self.dropout.as_ref().map(|d| d.kept.to_dtype(dtype)?.affine(d.scale, 0.0)).transpose()
     }
 
     /// `dropout(x)` as `[m, k]` in the adapter's dtype.
     fn adapter_input(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
         let xa = x.reshape((self.m, self.k))?.to_dtype(dtype)?;
-        match self.mask(dtype, x)? {
+        match self.mask(dtype)? {
             Some(mask) => xa * mask,
             None => Ok(xa),
         }
@@ -129,7 +134,7 @@ impl FrozenLora {
         let dx = if x.track_op() {
             let base = self.base.input_grad(&g)?; // [m, k]
             let mut lora = (gb.matmul(&a_)? * self.scale)?;
-            if let Some(mask) = self.mask(lora.dtype(), x)? {
+            if let Some(mask) = self.mask(lora.dtype())? {
                 lora = (lora * mask)?;
             }
             Some((&base + lora.to_dtype(base.dtype())?)?.to_dtype(x.dtype())?.reshape(x.shape())?)

@@ -67,6 +67,23 @@ impl DropoutSpec {
         let mut rng = Rng::stream(self.seed, &self.keys);
         dropout_mask(n, self.p, &mut rng)
     }
+
+    /// The same draw as [`Self::mask`] as one byte per element: 1 where kept, 0 where dropped.
+    pub fn kept(&self, n: usize) -> Vec<u8> {
+        let threshold = (self.p * 65536.0).round() as u64;
+        let mut rng = Rng::stream(self.seed, &self.keys);
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let r = rng.next_u64();
+            out.extend((0..4).map(|k| u8::from((r >> (16 * k)) & 0xffff >= threshold)).take(n - out.len()));
+        }
+        out
+    }
+
+    /// What a kept element is multiplied by, as [`Self::mask`] has it.
+    pub fn keep_scale(&self) -> f64 {
+        (1.0 / (1.0 - self.p)) as f32 as f64
+    }
 }
 
 /// A dropout mask (values 0 or 1/(1-p)) from a seeded stream; 16 random bits per element.
@@ -243,6 +260,15 @@ mod tests {
             None => x.clone(),
         };
         base + (xd.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * scale)?
+    }
+
+    #[test]
+    fn kept_bytes_are_the_mask_drawn_again() {
+        for (p, n) in [(0.05, 1003), (0.5, 64), (0.9, 7)] {
+            let d = DropoutSpec { p, seed: 11, keys: [4, 5, 6] };
+            let bytes: Vec<f32> = d.kept(n).iter().map(|&b| b as f32 * d.keep_scale() as f32).collect();
+            assert_eq!(bytes, d.mask(n), "p {p}");
+        }
     }
 
     #[test]
