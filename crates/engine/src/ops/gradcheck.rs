@@ -68,3 +68,27 @@ pub fn check_gradient(
     }
     Ok(())
 }
+
+/// `ours` equals `expected` within `value_tol`, and the gradients of `sum(out ⊙ probe)` with
+/// respect to each of `vars` agree within `grad_tol`: how a hand-written backward is checked
+/// against candle's differentiation of the composition it replaces. Returns our gradients.
+pub fn assert_same_value_and_gradients(
+    ours: &Tensor,
+    expected: &Tensor,
+    probe: &Tensor,
+    vars: &[&Var],
+    value_tol: f32,
+    grad_tol: f32,
+) -> Result<candle_core::backprop::GradStore> {
+    assert_close(ours, expected, value_tol)?;
+    let theirs = expected.broadcast_mul(probe)?.sum_all()?.backward()?;
+    let mine = ours.broadcast_mul(probe)?.sum_all()?.backward()?;
+    for (i, v) in vars.iter().enumerate() {
+        let (Some(a), Some(b)) = (mine.get(v.as_tensor()), theirs.get(v.as_tensor())) else {
+            bail!("input {i}: a gradient is missing");
+        };
+        assert_close(a, b, grad_tol)
+            .map_err(|e| candle_core::Error::Msg(format!("gradient of input {i}: {e}")))?;
+    }
+    Ok(mine)
+}

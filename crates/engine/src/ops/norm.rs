@@ -351,7 +351,7 @@ impl CustomOp3 for LayerNorm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::gradcheck::{assert_close, check_gradient, randn};
+    use crate::ops::gradcheck::{assert_close, assert_same_value_and_gradients, check_gradient, randn};
     use candle_core::{Device, Var};
 
     fn composed_rms(x: &Tensor, w: &Tensor, offset: f64) -> Result<Tensor> {
@@ -371,16 +371,7 @@ mod tests {
                 (Var::from_tensor(&randn(&[3, 4, 8], 1, &dev)?)?, Var::from_tensor(&randn(&[8], 2, &dev)?)?);
             let expected = composed_rms_norm(x.as_tensor(), w.as_tensor(), 1e-5, offset)?;
             let ours = rms_norm_off_cpu(x.as_tensor(), w.as_tensor(), 1e-5, offset)?;
-            assert_close(&ours, &expected, 1e-5)?;
-            let g1 = (&expected * &probe)?.sum_all()?.backward()?;
-            let g2 = (&ours * &probe)?.sum_all()?.backward()?;
-            for v in [&x, &w] {
-                assert_close(
-                    g2.get(v.as_tensor()).expect("ours"),
-                    g1.get(v.as_tensor()).expect("candle's"),
-                    1e-5,
-                )?;
-            }
+            assert_same_value_and_gradients(&ours, &expected, &probe, &[&x, &w], 1e-5, 1e-5)?;
         }
         Ok(())
     }
@@ -396,16 +387,7 @@ mod tests {
         let b = Var::from_tensor(&randn(&[8], 3, &dev)?)?;
         let expected = composed_layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?;
         let ours = layer_norm_off_cpu(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)?;
-        assert_close(&ours, &expected, 1e-5)?;
-        let g1 = (&expected * &probe)?.sum_all()?.backward()?;
-        let g2 = (&ours * &probe)?.sum_all()?.backward()?;
-        for v in [&x, &w, &b] {
-            assert_close(
-                g2.get(v.as_tensor()).expect("ours"),
-                g1.get(v.as_tensor()).expect("candle's"),
-                1e-5,
-            )?;
-        }
+        assert_same_value_and_gradients(&ours, &expected, &probe, &[&x, &w, &b], 1e-5, 1e-5)?;
         Ok(())
     }
 
