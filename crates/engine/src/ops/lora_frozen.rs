@@ -110,10 +110,10 @@ impl FrozenLora {
         self.dropout.as_ref().map(|d| d.kept.to_dtype(dtype)?.affine(d.scale, 0.0)).transpose()
     }
 
-    /// `dropout(x)` as `[m, k]` in the adapter's dtype.
-    fn adapter_input(&self, x: &Tensor, dtype: DType) -> Result<Tensor> {
+    /// `dropout(x)` as `[m, k]` in the mask's dtype (the adapter's).
+    fn adapter_input(&self, x: &Tensor, dtype: DType, mask: Option<&Tensor>) -> Result<Tensor> {
         let xa = x.reshape((self.m, self.k))?.to_dtype(dtype)?;
-        match self.mask(dtype)? {
+        match mask {
             Some(mask) => xa * mask,
             None => Ok(xa),
         }
@@ -121,7 +121,8 @@ impl FrozenLora {
 
     fn forward(&self, x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let y = self.base.forward(&x.reshape((self.m, self.k))?)?;
-        let u = (self.adapter_input(x, a.dtype())?.matmul(&a.t()?)? * self.scale)?;
+        let mask = self.mask(a.dtype())?;
+        let u = (self.adapter_input(x, a.dtype(), mask.as_ref())?.matmul(&a.t()?)? * self.scale)?;
         let z = u.matmul(&b.t()?)?.to_dtype(y.dtype())?;
         (y + z)?.reshape(self.out_shape.clone())
     }
@@ -131,17 +132,18 @@ impl FrozenLora {
         let g = grad.detach().reshape((self.m, self.n))?;
         let gf = g.to_dtype(a_.dtype())?;
         let gb = gf.matmul(&b_)?; // [m, r]
+        let mask = self.mask(a_.dtype())?;
         let dx = if x.track_op() {
             let base = self.base.input_grad(&g)?; // [m, k]
             let mut lora = (gb.matmul(&a_)? * self.scale)?;
-            if let Some(mask) = self.mask(lora.dtype())? {
+            if let Some(mask) = &mask {
                 lora = (lora * mask)?;
             }
             Some((&base + lora.to_dtype(base.dtype())?)?.to_dtype(x.dtype())?.reshape(x.shape())?)
         } else {
             None
         };
-        let xd = self.adapter_input(&x.detach(), a_.dtype())?;
+        let xd = self.adapter_input(&x.detach(), a_.dtype(), mask.as_ref())?;
         let da = if a.track_op() { Some((gb.t()?.matmul(&xd)? * self.scale)?) } else { None };
         let db =
             if b.track_op() { Some((gf.t()?.matmul(&xd.matmul(&a_.t()?)?)? * self.scale)?) } else { None };

@@ -70,37 +70,41 @@ impl DropoutSpec {
 
     /// The same draw as [`Self::mask`] as one byte per element: 1 where kept, 0 where dropped.
     pub fn kept(&self, n: usize) -> Vec<u8> {
-        let threshold = (self.p * 65536.0).round() as u64;
-        let mut rng = Rng::stream(self.seed, &self.keys);
         let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            let r = rng.next_u64();
-            out.extend((0..4).map(|k| u8::from((r >> (16 * k)) & 0xffff >= threshold)).take(n - out.len()));
-        }
+        draw_keeps(n, self.p, &mut Rng::stream(self.seed, &self.keys), |kept| out.push(u8::from(kept)));
         out
     }
 
     /// What a kept element is multiplied by, as [`Self::mask`] has it.
     pub fn keep_scale(&self) -> f64 {
-        (1.0 / (1.0 - self.p)) as f32 as f64
+        keep_scale(self.p) as f64
+    }
+}
+
+fn keep_scale(p: f64) -> f32 {
+    (1.0 / (1.0 - p)) as f32
+}
+
+/// Calls `keep` for each of `n` elements with whether it survives dropout `p`: 16 random bits
+/// per element, dropped below `p · 65536`.
+fn draw_keeps(n: usize, p: f64, rng: &mut Rng, mut keep: impl FnMut(bool)) {
+    let threshold = (p * 65536.0).round() as u64;
+    let mut left = n;
+    while left > 0 {
+        let r = rng.next_u64();
+        let here = left.min(4);
+        for k in 0..here {
+            keep((r >> (16 * k)) & 0xffff >= threshold);
+        }
+        left -= here;
     }
 }
 
 /// A dropout mask (values 0 or 1/(1-p)) from a seeded stream; 16 random bits per element.
 pub fn dropout_mask(n: usize, p: f64, rng: &mut Rng) -> Vec<f32> {
-    let threshold = (p * 65536.0).round() as u64;
-    let keep = (1.0 / (1.0 - p)) as f32;
+    let scale = keep_scale(p);
     let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let r = rng.next_u64();
-        for k in 0..4 {
-            if out.len() == n {
-                break;
-            }
-            let bits = (r >> (16 * k)) & 0xffff;
-            out.push(if bits < threshold { 0.0 } else { keep });
-        }
-    }
+    draw_keeps(n, p, rng, |kept| out.push(if kept { scale } else { 0.0 }));
     out
 }
 
