@@ -32,29 +32,47 @@ fn rms_norm_off_cpu(x: &Tensor, weight: &Tensor, eps: f64, offset: f64) -> Resul
 
 fn rms_norm_backward(
     x: &Tensor,
-    weight: &Tensor,
+    w: &Tensor,
     g: &Tensor,
     eps: f64,
     offset: f64,
 ) -> Result<Vec<Option<Tensor>>> {
+    let (dx, dw, _) = norm_backward(x, w, g, eps, offset, false)?;
+    Ok(vec![dx, dw])
+}
+
+/// The backward both norms share, in f32. With `c = x − mean(x)` (LayerNorm) or `x` (RMSNorm),
+/// `r = 1 / sqrt(mean(c²) + eps)`, `x̂ = c · r`, `w' = weight + offset`:
+/// `dx = r · (g·w' − [mean(g·w')] − x̂ · mean(g·w' ⊙ x̂))` (the bracket for LayerNorm only) and
+/// `dw = Σ_rows g ⊙ x̂`. Also returns `g` in f32.
+fn norm_backward(
+    x: &Tensor,
+    w: &Tensor,
+    g: &Tensor,
+    eps: f64,
+    offset: f64,
+    centered: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>, Tensor)> {
     let x32 = x.detach().to_dtype(DType::F32)?;
-    let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    let xhat = x32.broadcast_mul(&r)?;
+    let c = if centered { x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)? } else { x32 };
+    let r = (c.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let xhat = c.broadcast_mul(&r)?;
     let g32 = g.detach().to_dtype(DType::F32)?;
     let dx = if x.track_op() {
-        let gw = g32.broadcast_mul(&(weight.detach().to_dtype(DType::F32)? + offset)?)?;
+        let gw = g32.broadcast_mul(&(w.detach().to_dtype(DType::F32)? + offset)?)?;
+        let gw = if centered { gw.broadcast_sub(&gw.mean_keepdim(D::Minus1)?)? } else { gw };
         let m = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
         Some((gw - xhat.broadcast_mul(&m)?)?.broadcast_mul(&r)?.to_dtype(x.dtype())?)
     } else {
         None
     };
-    let dw = if weight.track_op() {
-        let d = xhat.dim(D::Minus1)?;
-        Some((g32 * &xhat)?.reshape(((), d))?.sum(0)?.to_dtype(weight.dtype())?)
-    } else {
-        None
-    };
-    Ok(vec![dx, dw])
+    let dw = if w.track_op() { Some(row_sum(&(&g32 * &xhat)?)?.to_dtype(w.dtype())?) } else { None };
+    Ok((dx, dw, g32))
+}
+
+/// `[.., d]` summed over every row: `[d]`.
+fn row_sum(t: &Tensor) -> Result<Tensor> {
+    t.reshape(((), t.dim(D::Minus1)?))?.sum(0)
 }
 
 #[cfg(test)]
@@ -112,26 +130,8 @@ fn layer_norm_backward(
     g: &Tensor,
     eps: f64,
 ) -> Result<Vec<Option<Tensor>>> {
-    let x32 = x.detach().to_dtype(DType::F32)?;
-    let centered = x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)?;
-    let r = (centered.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-    let xhat = centered.broadcast_mul(&r)?;
-    let g32 = g.detach().to_dtype(DType::F32)?;
-    let d = xhat.dim(D::Minus1)?;
-    let dx = if x.track_op() {
-        let gw = g32.broadcast_mul(&w.detach().to_dtype(DType::F32)?)?;
-        let m1 = gw.mean_keepdim(D::Minus1)?;
-        let m2 = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
-        Some(gw.broadcast_sub(&m1)?.sub(&xhat.broadcast_mul(&m2)?)?.broadcast_mul(&r)?.to_dtype(x.dtype())?)
-    } else {
-        None
-    };
-    let dw = if w.track_op() {
-        Some((&g32 * &xhat)?.reshape(((), d))?.sum(0)?.to_dtype(w.dtype())?)
-    } else {
-        None
-    };
-    let db = if b.track_op() { Some(g32.reshape(((), d))?.sum(0)?.to_dtype(b.dtype())?) } else { None };
+    let (dx, dw, g32) = norm_backward(x, w, g, eps, 0.0, true)?;
+    let db = if b.track_op() { Some(row_sum(&g32)?.to_dtype(b.dtype())?) } else { None };
     Ok(vec![dx, dw, db])
 }
 
