@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The device check for a CUDA build, run on a lent GPU machine (no Rust, no network there; see
-# ../shared/notes/gpu.md): the engine's reference tests on the GPU, a CLI training run, then
-# tools/bench/gpu_bench.sh. Everything it needs travels in BINS (xz-compressed, made by
-# tools/gpu/build.sh as BINS/bins.tar.xz): finetune-studio and the engine's test binaries, built
-# with `--features cuda` from /work/main (the test binaries find the fixtures through that path, so it is linked here).
+# docs/gpu.md): the engine's reference tests on the GPU, a CLI training run, then
+# tools/bench/gpu_bench.sh. Everything it needs travels in BINS/bins.tar.xz (made by
+# tools/gpu/build.sh): finetune-studio and the engine's test binaries, built with `--features
+# cuda` from /work/main (the test binaries find the fixtures through that path, so it is linked
+# here).
 #
 #   tools/gpu/check.sh BINS OUT [STEPS=6]
 #

@@ -32,6 +32,15 @@ impl FrozenKernel for QuantKernel {
     }
 }
 
+/// `x · Wᵀ (+ bias)` through [`quant_matmul`].
+fn product(x: &Tensor, weight: &Arc<QuantWeight>, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = quant_matmul(x, weight)?;
+    match bias {
+        Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
+        None => Ok(y),
+    }
+}
+
 /// A quantized base as tensor ops on any device (see [`FrozenBase`]).
 struct QuantBase {
     weight: Arc<QuantWeight>,
@@ -44,11 +53,7 @@ impl FrozenBase for QuantBase {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = quant_matmul(x, &self.weight)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
-            None => Ok(y),
-        }
+        product(x, &self.weight, self.bias.as_ref())
     }
 
     fn input_grad(&self, dy: &Tensor) -> Result<Tensor> {
@@ -72,11 +77,7 @@ impl QuantLinear {
 
 impl Linear for QuantLinear {
     fn forward(&self, x: &Tensor, _ctx: &ForwardCtx) -> Result<Tensor> {
-        let y = quant_matmul(x, &self.weight)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
-            None => Ok(y),
-        }
+        product(x, &self.weight, self.bias.as_ref())
     }
 
     fn dims(&self) -> (usize, usize) {
