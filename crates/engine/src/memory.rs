@@ -197,10 +197,18 @@ pub fn options_for(cfg: &TrainConfig, method: MethodKind, default_targets: &[&st
         }
         other => dtype_bytes(other),
     };
-    let activation_bytes =
-        if method == MethodKind::Qlora { dtype_bytes(&cfg.quant.compute_dtype) } else { weight_bytes };
+    // bf16 on the CPU (LoRA, QLoRA): frozen projections in bf16, everything else f32.
+    let cpu_bf16_products =
+        cfg.model.device == "cpu" && cfg.model.dtype == "bf16" && method != MethodKind::Full;
+    let weight_bytes = if cpu_bf16_products { 4 } else { weight_bytes };
+    let activation_bytes = if method == MethodKind::Qlora && !cpu_bf16_products {
+        dtype_bytes(&cfg.quant.compute_dtype)
+    } else {
+        weight_bytes
+    };
     // `stored` keeps 16-bit checkpoints as they are (the usual case; an f32 checkpoint stays f32).
-    let frozen_projection_bytes = (cfg.model.frozen_dtype == "stored" && weight_bytes > 2).then_some(2);
+    let frozen_projection_bytes =
+        ((cfg.model.frozen_dtype == "stored" || cpu_bf16_products) && weight_bytes > 2).then_some(2);
     MemoryOptions {
         method,
         weight_bytes,
@@ -351,6 +359,20 @@ mod tests {
         assert_eq!((o.weight_bytes, o.activation_bytes, o.batch_size, o.seq_len), (2, 2, 3, 256));
         assert!(o.grad_checkpointing, "QLoRA checkpoints by default");
         assert!(!options_for(&cfg, MethodKind::Lora, &[]).grad_checkpointing);
+    }
+
+    #[test]
+    fn bf16_on_the_cpu_counts_bf16_projections_and_f32_activations() {
+        let mut cfg = TrainConfig::default();
+        cfg.model.device = "cpu".into();
+        cfg.model.dtype = "bf16".into();
+        let lora = options_for(&cfg, MethodKind::Lora, &["q_proj", "v_proj"]);
+        assert_eq!((lora.weight_bytes, lora.frozen_projection_bytes, lora.activation_bytes), (4, Some(2), 4));
+        let qlora = options_for(&cfg, MethodKind::Qlora, &["q_proj", "v_proj"]);
+        assert_eq!(qlora.activation_bytes, 4);
+        // Full fine-tuning on the CPU in bf16 computes in bf16 throughout.
+        let full = options_for(&cfg, MethodKind::Full, &[]);
+        assert_eq!((full.weight_bytes, full.frozen_projection_bytes, full.activation_bytes), (2, None, 2));
     }
 
     #[test]

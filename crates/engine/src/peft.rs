@@ -115,6 +115,7 @@ impl PeftAdapter {
             seed,
             init_from: Some(self.weights.clone()),
             keep_stored_dtype: false,
+            bf16_products: false,
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct AdapterPlan {
     /// Keep a frozen dense base in its stored bf16/f16 dtype when computing in f32 on the CPU
     /// (`model.frozen_dtype = "stored"`).
     pub keep_stored_dtype: bool,
+    /// Hold every frozen projection in bf16 and multiply in bf16 (f32 accumulation, on the AMX
+    /// tile unit where the CPU has one) while activations stay f32: `model.dtype = "bf16"` for
+    /// a LoRA or QLoRA run on the CPU.
+    pub bf16_products: bool,
 }
 
 impl AdapterPlan {
@@ -64,6 +68,7 @@ impl AdapterPlan {
             seed: 0,
             init_from: None,
             keep_stored_dtype: false,
+            bf16_products: false,
         }
     }
 
@@ -213,9 +218,10 @@ impl LayerFactory {
         self.linear_from(path, w, b)
     }
 
-    /// A frozen base kept in its stored 16-bit dtype when the plan asks for it and the run
-    /// computes in f32 on the CPU (widened exactly inside each product, see
-    /// [`crate::quant::HalfRows`]): half the memory of an f32 copy, the same products.
+    /// A frozen base kept in 16 bits while the run computes in f32 on the CPU: as stored (bf16 or
+    /// f16, widened exactly inside each product, see [`crate::quant::HalfRows`]: half the memory
+    /// of an f32 copy, the same products) when the plan keeps stored dtypes, or in bf16 with bf16
+    /// products when the plan asks for those (any stored dtype, rounded to bf16).
     fn half_base(
         &self,
         path: &str,
@@ -223,15 +229,18 @@ impl LayerFactory {
         out_dim: usize,
         bias: Option<Tensor>,
     ) -> Result<Option<Box<dyn Linear>>> {
-        let name = format!("{path}.weight");
-        let Some(stored @ (DType::BF16 | DType::F16)) = self.weights.stored_dtype(&name) else {
-            return Ok(None);
-        };
-        if !self.plan.keep_stored_dtype || self.full() || !self.device.is_cpu() || self.dtype != DType::F32 {
+        if self.full() || !self.device.is_cpu() || self.dtype != DType::F32 {
             return Ok(None);
         }
-        let w = self.tensor(&name, &[out_dim, in_dim], stored)?;
-        let Some(q) = QuantWeight::from_half_tensor(&w)? else { return Ok(None) };
+        let name = format!("{path}.weight");
+        let (held, products) = match self.weights.stored_dtype(&name) {
+            _ if self.plan.bf16_products => (DType::BF16, DType::BF16),
+            Some(stored @ (DType::BF16 | DType::F16)) if self.plan.keep_stored_dtype => (stored, DType::F32),
+            _ => return Ok(None),
+        };
+        let w = self.tensor(&name, &[out_dim, in_dim], held)?;
+        let Some(mut q) = QuantWeight::from_half_tensor(&w)? else { return Ok(None) };
+        q.compute = products;
         Ok(Some(Box::new(QuantLinear::new(q, bias, self.dtype, self.device.clone()))))
     }
 

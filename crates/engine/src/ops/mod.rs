@@ -4,6 +4,7 @@
 //! another kernel); elsewhere as candle's forward kernels with the backward written out, keeping
 //! nothing for backward but their inputs ([`custom_backward`]).
 
+pub(crate) mod amx;
 mod attention;
 mod attention_off_cpu;
 pub mod blas;
@@ -45,7 +46,7 @@ pub(crate) fn use_cpu_kernels(t: &Tensor) -> bool {
 
 /// `FINETUNE_CPU_KERNELS=off` runs the CPU through the paths GPUs take (candle's kernels with
 /// written-out backwards), so the reference tests can check those paths without a GPU.
-fn cpu_kernels_enabled() -> bool {
+pub(crate) fn cpu_kernels_enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("FINETUNE_CPU_KERNELS").map(|v| v != "off").unwrap_or(true))
 }

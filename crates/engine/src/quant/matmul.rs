@@ -2,10 +2,12 @@
 //! rows at a time into a small buffer (in the compute dtype) and multiplies; the backward is a
 //! second op computing `dL/dy · W` the same way. Nothing dense stays alive in the graph: the op
 //! holds only the quantized weight. On the CPU a bf16/f16 compute dtype is emulated by rounding
-//! the operands and the result (f32 accumulation, like a GPU GEMM); CUDA dequantizes in a kernel.
+//! the operands and the result (f32 accumulation, like a GPU GEMM), and a bf16 one runs on the
+//! AMX tile unit where the CPU has one ([`crate::ops::amx`]); CUDA dequantizes in a kernel.
 
-use super::QuantWeight;
-use crate::ops::cpu::{ELEMENTS_PER_TASK, Mat, sgemm_par_ld, threads};
+use super::{QuantFormat, QuantWeight};
+use crate::ops::amx;
+use crate::ops::cpu::{ELEMENTS_PER_TASK, Mat, sgemm_par_ld, threads, zeroed};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, DType, Layout, MetalStorage, Result, Shape, Tensor, bail,
@@ -86,6 +88,9 @@ pub(crate) fn quant_matmul_cpu(
 ) -> Result<()> {
     let (n, k) = (w.rows, w.cols);
     let compute = w.compute;
+    if compute == DType::BF16 && m >= AMX_MIN_ROWS && amx::fits(n, k) && amx::available() {
+        return quant_matmul_amx(w, x, m, transpose, y, accumulate);
+    }
     let rounded;
     let x = if matches!(compute, DType::BF16 | DType::F16) {
         let mut c = x.to_vec();
@@ -130,6 +135,84 @@ pub(crate) fn quant_matmul_cpu(
         }
     }
     Ok(())
+}
+
+/// Below this many rows (generation's one token) most of each 32-row tile would be padding, and
+/// the f32 path is faster.
+const AMX_MIN_ROWS: usize = 8;
+
+/// [`quant_matmul_cpu`] with a bf16 compute dtype on the AMX tile unit: the operands rounded the
+/// same way, the products accumulated in f32 by the tile unit, and the result left in f32 (the
+/// tile unit's accumulators; rounding them would only lose precision). W goes over in
+/// chunks of rows as bf16 bits: a bf16 base as stored, any other format dequantized and rounded.
+fn quant_matmul_amx(
+    w: &QuantWeight,
+    x: &[f32],
+    m: usize,
+    transpose: bool,
+    y: &mut [f32],
+    accumulate: bool,
+) -> Result<()> {
+    let (n, k) = (w.rows, w.cols);
+    let out_dim = if transpose { k } else { n };
+    let mut scratch = if accumulate { zeroed(m * out_dim) } else { Vec::new() };
+    let dst: &mut [f32] = if accumulate { &mut scratch } else { &mut y[..m * out_dim] };
+    let stored = match &w.format {
+        QuantFormat::Half(h) if h.dtype == DType::BF16 => Some(&h.bits),
+        _ => None,
+    };
+    // A base stored in bf16 goes in one piece when nothing needs rearranging (the forward).
+    let rows = match stored {
+        Some(_) if !transpose => n,
+        _ => (chunk_rows(w) / 32 * 32).max(32),
+    };
+    let mut widened = if stored.is_none() { vec![0f32; rows * k] } else { Vec::new() };
+    let mut bits = if stored.is_none() { vec![0u16; rows * k] } else { Vec::new() };
+    let mut pairs = if transpose { vec![0u16; rows * k] } else { Vec::new() };
+    let packed = if transpose { amx::pack_rows(x, m, n) } else { amx::pack_x(x, m, k) };
+    if transpose {
+        dst.fill(0.0);
+    }
+    let mut r0 = 0;
+    while r0 < n {
+        let r = rows.min(n - r0);
+        let chunk: &[u16] = match stored {
+            Some(b) => &b[r0 * k..(r0 + r) * k],
+            None => {
+                dequantize_rows_par(w, r0, &mut widened[..r * k])?;
+                to_bf16_bits(&widened[..r * k], &mut bits[..r * k]);
+                &bits[..r * k]
+            }
+        };
+        if transpose {
+            amx::interleave_pairs(chunk, k, &mut pairs[..r * k]);
+            amx::backward(&packed[r0..], n, m, &pairs[..r * k], r, k, dst);
+        } else {
+            amx::forward(chunk, r, k, &packed, m, &mut dst[r0..], n);
+        }
+        r0 += r;
+    }
+    if accumulate {
+        let add = |(a, b): (&mut [f32], &[f32])| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+        if threads() > 1 {
+            use rayon::prelude::*;
+            y.par_chunks_mut(ELEMENTS_PER_TASK).zip(scratch.par_chunks(ELEMENTS_PER_TASK)).for_each(add);
+        } else {
+            add((y, &scratch));
+        }
+    }
+    Ok(())
+}
+
+/// f32 values to bf16 bits across the kernel pool.
+fn to_bf16_bits(src: &[f32], out: &mut [u16]) {
+    let conv = |(o, s): (&mut [u16], &[f32])| o.iter_mut().zip(s).for_each(|(o, &s)| *o = amx::bf16_bits(s));
+    if threads() > 1 {
+        use rayon::prelude::*;
+        out.par_chunks_mut(ELEMENTS_PER_TASK).zip(src.par_chunks(ELEMENTS_PER_TASK)).for_each(conv);
+    } else {
+        conv((out, src));
+    }
 }
 
 /// `w`'s rows from `r0` into `out`, split across the kernel pool: on one thread the widening
@@ -288,6 +371,56 @@ mod tests {
             let dx = grads.get(x.as_tensor()).expect("dx");
             let d = (dx - r.broadcast_matmul(&dense)?)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(d < 1e-5, "{kind:?}: dL/dx differs by {d}");
+        }
+        Ok(())
+    }
+
+    /// Where the CPU has AMX, a bf16 product of whole 32×32 blocks runs on the tile unit: the
+    /// operands rounded to bf16 as elsewhere, the result left in f32. Checked for a bf16 base as
+    /// stored and for NF4, forward, input gradient and accumulation, against f64 sums of the
+    /// rounded operands (any machine: elsewhere the emulation also rounds the result).
+    #[test]
+    fn bf16_products_sum_the_rounded_operands() -> Result<()> {
+        let round =
+            |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| bf16::from_f32(x).to_f32() as f64).collect() };
+        let (n, k, m) = (96, 64, 45);
+        let dense = rand(n * k, 21);
+        let half = Tensor::from_vec(dense.clone(), (n, k), &Device::Cpu)?.to_dtype(DType::BF16)?;
+        let mut stored = QuantWeight::from_half_tensor(&half)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            .expect("bf16 is a 16-bit store");
+        stored.compute = DType::BF16;
+        let spec =
+            QuantSpec { kind: QuantKind::Nf4, double_quant: true, block_size: 64, compute: DType::BF16 };
+        let nf4 =
+            QuantWeight::quantize(&dense, n, k, &spec).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let tolerance = if amx::available() { 1e-5 } else { 1e-2 };
+        for w in [&stored, &nf4] {
+            let mut wd = vec![0f32; n * k];
+            w.dequantize_rows_into(0, &mut wd).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let wr = round(&wd);
+            let (x, g) = (rand(m * k, 22), rand(m * n, 23));
+            let (xr, gr) = (round(&x), round(&g));
+            let mut y = vec![0f32; m * n];
+            quant_matmul_cpu(w, &x, m, false, &mut y, false)?;
+            let want: Vec<f64> =
+                (0..m * n).map(|e| (0..k).map(|c| xr[e / n * k + c] * wr[e % n * k + c]).sum()).collect();
+            let err = |got: &[f32], want: &[f64]| {
+                let scale = want.iter().fold(0f64, |s, v| s.max(v.abs()));
+                got.iter().zip(want).fold(0f64, |e, (&a, b)| e.max((a as f64 - b).abs())) / scale
+            };
+            assert!(err(&y, &want) < tolerance, "{}: forward off by {}", w.describe(), err(&y, &want));
+            let mut dx = rand(m * k, 24);
+            let want: Vec<f64> = (0..m * k)
+                .map(|e| dx[e] as f64 + (0..n).map(|i| gr[e / k * n + i] * wr[i * k + e % k]).sum::<f64>())
+                .collect();
+            quant_matmul_cpu(w, &g, m, true, &mut dx, true)?;
+            assert!(
+                err(&dx, &want) < tolerance,
+                "{}: input gradient off by {}",
+                w.describe(),
+                err(&dx, &want)
+            );
         }
         Ok(())
     }

@@ -42,6 +42,7 @@ pub fn adapter_plan(cfg: &TrainConfig, spec: &TargetInfo) -> Result<(AdapterPlan
         seed: cfg.train.seed,
         init_from: None,
         keep_stored_dtype: cfg.model.frozen_dtype == "stored",
+        bf16_products: false,
     };
     if let (Some(dir), true) = (&cfg.lora.init_from, cfg.method.kind != MethodKind::Full) {
         let adapter = PeftAdapter::read(dir)?;

@@ -165,10 +165,34 @@ pub fn train_with(
     }
     log(sink, format!("data: {}", serde_json::to_string(&dataset.report).unwrap_or_default()));
 
-    let (plan, notes) = adapter_plan(cfg, &targets)?;
+    let (mut plan, notes) = adapter_plan(cfg, &targets)?;
     for n in notes {
         log(sink, n);
     }
+    // bf16 on the CPU: the frozen projections multiply in bf16 (on the AMX tile unit where the
+    // CPU has one) and everything else stays f32 (candle's bf16 CPU kernels widen to f32 on every
+    // call, and the fused f32 kernels cover every op of a step).
+    let dtype = if dtype == DType::BF16
+        && device.is_cpu()
+        && cfg.method.kind != MethodKind::Full
+        && crate::ops::cpu_kernels_enabled()
+    {
+        plan.bf16_products = true;
+        log(
+            sink,
+            format!(
+                "bf16 on the CPU: frozen projections held in bf16 and multiplied in bf16 ({}), activations f32",
+                if crate::ops::amx::available() {
+                    "AMX tile unit"
+                } else {
+                    "no AMX here: rounded operands, f32 products"
+                }
+            ),
+        );
+        DType::F32
+    } else {
+        dtype
+    };
     let quant = match cfg.method.kind {
         MethodKind::Qlora => Some(QuantSpec::from_config(&cfg.quant)?),
         _ => None,
