@@ -5,10 +5,16 @@
 //!
 //! RAYON_NUM_THREADS=1 cargo run --release -p finetune-engine --example matmul_bench
 //! FINETUNE_BLAS=off RAYON_NUM_THREADS=1 cargo run --release -p finetune-engine --example matmul_bench
+//!
+//! The bf16 columns are the products of `model.dtype = "bf16"` on the CPU: a bf16 weight as
+//! stored, the input rounded to bf16, f32 accumulation (on the AMX tile unit where the CPU has one;
+//! `FINETUNE_AMX=off` shows the emulation instead).
 
 use anyhow::Result;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
+use finetune_engine::quant::{QuantWeight, quant_matmul, quant_matmul_t};
 use finetune_engine::{device, ops};
+use std::sync::Arc;
 use std::time::Instant;
 
 fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -51,7 +57,25 @@ fn main() -> Result<()> {
         // For the smallest products the backward is below the timer's noise: say so.
         let backward =
             if bwd > 0.0 { format!("{:6.1} GFLOP/s", flops / bwd / 1e9) } else { "(below noise)".into() };
-        println!("m {m:4} k {k:4} n {n:4}: x·Wᵀ {:6.1} GFLOP/s, g·W {backward}", flops / fwd / 1e9);
+        let mut bf16 = QuantWeight::from_half_tensor(&w.to_dtype(DType::BF16)?)?
+            .ok_or_else(|| anyhow::anyhow!("a bf16 tensor is a 16-bit store"))?;
+        bf16.compute = DType::BF16;
+        let bf16 = Arc::new(bf16);
+        let g = Tensor::randn(0f32, 1.0, (m, n), &dev)?;
+        let fwd16 = best_of(5, || {
+            quant_matmul(x.as_tensor(), &bf16)?;
+            Ok(())
+        })?;
+        let bwd16 = best_of(5, || {
+            quant_matmul_t(&g, &bf16)?;
+            Ok(())
+        })?;
+        println!(
+            "m {m:4} k {k:4} n {n:4}: x·Wᵀ {:6.1} GFLOP/s, g·W {backward}; bf16: x·Wᵀ {:6.1}, g·W {:6.1}",
+            flops / fwd / 1e9,
+            flops / fwd16 / 1e9,
+            flops / bwd16 / 1e9
+        );
     }
     Ok(())
 }

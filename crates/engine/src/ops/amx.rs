@@ -12,6 +12,7 @@
 //! Linux hands a process the tile state only after it asks (`arch_prctl`), once.
 
 use super::cpu::threads;
+use std::mem::MaybeUninit;
 
 /// Rows and columns of every tile here: 16 rows of 64 bytes (32 bf16 or 16 f32).
 const T: usize = 16;
@@ -38,60 +39,92 @@ pub fn bf16_bits(x: f32) -> u16 {
     ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
-/// `X` `[m, k]` as the right operand of `W · Xᵀ`: blocks of 16 rows (the last padded with
-/// zeros), each as `k/2` rows of 16 pairs `(X[j][2p], X[j][2p+1])`.
-pub fn pack_x(x: &[f32], m: usize, k: usize) -> Vec<u16> {
-    let blocks = m.div_ceil(2 * T) * 2;
-    let mut out = vec![0u16; blocks * T * k];
-    let per_block = T * k;
-    let fill = |b: usize, dst: &mut [u16]| {
-        for jj in 0..T.min(m.saturating_sub(b * T)) {
-            let row = &x[(b * T + jj) * k..(b * T + jj + 1) * k];
-            for (p, pair) in row.chunks_exact(2).enumerate() {
-                dst[p * 2 * T + 2 * jj] = bf16_bits(pair[0]);
-                dst[p * 2 * T + 2 * jj + 1] = bf16_bits(pair[1]);
-            }
-        }
-    };
+/// A buffer of `len` values written chunk by chunk (`chunk` values each, across the kernel pool)
+/// by `fill(chunk_index, chunk)`, which must write every element: packing buffers are never
+/// zeroed first (that pass cost as much as the packing).
+fn written(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<u16>]) + Sync + Send,
+) -> Vec<u16> {
+    let mut v = Vec::with_capacity(len);
+    let spare = &mut v.spare_capacity_mut()[..len];
     if threads() > 1 {
         use rayon::prelude::*;
-        out.par_chunks_mut(per_block).enumerate().for_each(|(b, dst)| fill(b, dst));
+        spare.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
     } else {
-        out.chunks_mut(per_block).enumerate().for_each(|(b, dst)| fill(b, dst));
+        spare.chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
     }
-    out
+    // SAFETY: every caller's `fill` writes each element of its chunk (see each one).
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// f32 values to bf16 bits, rounding to nearest even: 32 at a time with AVX512-BF16 where the
+/// CPU has it (every CPU with AMX does), else [`bf16_bits`] one by one. The vector instruction
+/// also reads subnormal inputs as zero.
+pub fn convert(src: &[f32], dst: &mut [MaybeUninit<u16>]) {
+    let n = src.len().min(dst.len());
+    let done = imp::convert_vector(&src[..n], &mut dst[..n]);
+    for (o, &x) in dst[done..n].iter_mut().zip(&src[done..n]) {
+        o.write(bf16_bits(x));
+    }
+}
+
+/// [`convert`] into initialised memory.
+pub fn convert_into(src: &[f32], dst: &mut [u16]) {
+    // SAFETY: `MaybeUninit<u16>` has u16's layout, and `convert` writes only valid values.
+    convert(src, unsafe { &mut *(dst as *mut [u16] as *mut [MaybeUninit<u16>]) });
+}
+
+/// `X` `[m, k]` as the right operand of `W · Xᵀ`: blocks of 16 rows (to a multiple of 32 rows,
+/// padded with zeros), each as `k/2` rows of 16 pairs `(X[j][2p], X[j][2p+1])`.
+pub fn pack_x(x: &[f32], m: usize, k: usize) -> Vec<u16> {
+    let blocks = m.div_ceil(2 * T) * 2;
+    written(blocks * T * k, T * k, |b, dst| {
+        // Every (pair row p, row jj, half e) slot of the block is written: a value or padding.
+        let mut row = vec![MaybeUninit::new(0u16); k];
+        for jj in 0..T {
+            let j = b * T + jj;
+            match x.get(j * k..(j + 1) * k) {
+                Some(src) => convert(src, &mut row),
+                None => row.iter_mut().for_each(|v| {
+                    v.write(0);
+                }),
+            }
+            for (p, pair) in row.chunks_exact(2).enumerate() {
+                dst[p * 2 * T + 2 * jj] = pair[0];
+                dst[p * 2 * T + 2 * jj + 1] = pair[1];
+            }
+        }
+    })
 }
 
 /// `G` `[m, n]` as the left operand of `G · W`: row-major bf16, rows padded with zeros to a
 /// multiple of 32.
 pub fn pack_rows(g: &[f32], m: usize, n: usize) -> Vec<u16> {
-    let mut out = vec![0u16; m.div_ceil(2 * T) * 2 * T * n];
-    let conv = |(o, x): (&mut [u16], &[f32])| o.iter_mut().zip(x).for_each(|(o, &x)| *o = bf16_bits(x));
-    if threads() > 1 {
-        use rayon::prelude::*;
-        out[..m * n].par_chunks_mut(n).zip(g.par_chunks(n)).for_each(conv);
-    } else {
-        out[..m * n].chunks_mut(n).zip(g.chunks(n)).for_each(conv);
-    }
-    out
+    written(m.div_ceil(2 * T) * 2 * T * n, n, |j, dst| {
+        // Every element of row j is written: its value, or zero past the last row.
+        match g.get(j * n..(j + 1) * n) {
+            Some(row) => convert(row, dst),
+            None => dst.iter_mut().for_each(|o| {
+                o.write(0);
+            }),
+        }
+    })
 }
 
 /// Rows of `W` (`rows` × `k` bf16 bits, `rows` even) interleaved in pairs: `P[q][c] =
 /// (W[2q][c], W[2q+1][c])`, the right operand of `G · W`.
-pub fn interleave_pairs(w: &[u16], k: usize, out: &mut [u16]) {
-    let body = |(q, dst): (usize, &mut [u16])| {
+pub fn interleave_pairs(w: &[u16], k: usize) -> Vec<u16> {
+    written(w.len(), 2 * k, |q, dst| {
+        // Both values of each of the row pair's k columns are written.
         let (r0, r1) = (&w[2 * q * k..(2 * q + 1) * k], &w[(2 * q + 1) * k..(2 * q + 2) * k]);
         for c in 0..k {
-            dst[2 * c] = r0[c];
-            dst[2 * c + 1] = r1[c];
+            dst[2 * c].write(r0[c]);
+            dst[2 * c + 1].write(r1[c]);
         }
-    };
-    if threads() > 1 {
-        use rayon::prelude::*;
-        out.par_chunks_mut(2 * k).enumerate().for_each(body);
-    } else {
-        out.chunks_mut(2 * k).enumerate().for_each(body);
-    }
+    })
 }
 
 /// A destination shared by tasks that write disjoint parts of it.
@@ -118,6 +151,11 @@ fn tasks(n: usize, task: impl Fn(usize) + Sync + Send) {
     }
 }
 
+/// The reduction is split into slices of this many values so that a task's 32 rows of one
+/// operand (32 KiB of bf16) stay in the core's L1 cache while it runs through every block of the
+/// other: without it every tile came from L2 and the tile unit waited on its loads.
+const KC: usize = 512;
+
 /// `y[j][c0 + i] = Σ_k W[i][k] · X[j][k]` for W rows `c0..c0+n` (`w`: `n` × `k` bf16 bits,
 /// `n` and `k` multiples of 32), `xp` from [`pack_x`] of `m` rows, into `y` with row stride `ld`
 /// (overwritten).
@@ -125,16 +163,31 @@ pub fn forward(w: &[u16], n: usize, k: usize, xp: &[u16], m: usize, y: &mut [f32
     assert!(fits(n, k) && w.len() >= n * k && xp.len() >= m.div_ceil(2 * T) * 2 * T * k);
     assert!(m == 0 || y.len() >= (m - 1) * ld + n);
     let out = Shared(y.as_mut_ptr());
+    let blocks = m.div_ceil(2 * T);
     tasks(n / (2 * T), |b| {
-        let mut tile = [0f32; 4 * T * T];
+        // Yᵀ for this task's 32 rows of W, one 32×32 block per 32 rows of X.
+        let mut acc = vec![0f32; blocks * 4 * T * T];
         let _tiles = imp::Tiles::configure();
-        for jp in 0..m.div_ceil(2 * T) {
-            // SAFETY: the A tiles read rows 32b..32b+32 of w (k values each), the B tiles blocks
-            // 2jp, 2jp+1 of xp: all inside the slices checked above.
-            unsafe {
-                imp::block_wx(w.as_ptr().add(2 * T * b * k), k, xp.as_ptr().add(2 * jp * T * k), &mut tile);
+        for k0 in (0..k).step_by(KC) {
+            let kbs = KC.min(k - k0) / (2 * T);
+            for jp in 0..blocks {
+                // SAFETY: the A tiles read rows 32b..32b+32, columns k0..k0+32kbs of w; the B
+                // tiles pair rows k0/2.. of blocks 2jp, 2jp+1 of xp; C is block jp of acc: all
+                // inside the slices checked above.
+                unsafe {
+                    imp::block_wx(
+                        w.as_ptr().add(2 * T * b * k + k0),
+                        k,
+                        xp.as_ptr().add(2 * jp * T * k + k0 * T),
+                        kbs,
+                        acc.as_mut_ptr().add(jp * 4 * T * T),
+                        k0 > 0,
+                    );
+                }
             }
-            // Row by row of y: each X row's 32 values land side by side.
+        }
+        // Row by row of y: each X row's 32 values land side by side.
+        for (jp, tile) in acc.chunks_exact(4 * T * T).enumerate() {
             for jj in 0..(m - 2 * jp * T).min(2 * T) {
                 // SAFETY: row 32jp+jj < m, columns 32b..32b+32 are inside n ≤ ld; only this task
                 // writes these columns.
@@ -149,39 +202,55 @@ pub fn forward(w: &[u16], n: usize, k: usize, xp: &[u16], m: usize, y: &mut [f32
     });
 }
 
-/// `dx[m, k] += g[:, n-range] · W` for `gp` from [`pack_rows`] (row stride `ldg`, starting at
-/// the chunk's first column) and `pairs` from [`interleave_pairs`] of the chunk's `n` rows.
+/// `dx[m, k] (+)= g[:, n-range] · W` for `gp` from [`pack_rows`] (row stride `ldg`, starting at
+/// the chunk's first column) and `pairs` from [`interleave_pairs`] of the chunk's `n` rows;
+/// without `accumulate` dx is overwritten.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(gp: &[u16], ldg: usize, m: usize, pairs: &[u16], n: usize, k: usize, dx: &mut [f32]) {
+pub fn backward(
+    gp: &[u16],
+    ldg: usize,
+    m: usize,
+    pairs: &[u16],
+    n: usize,
+    k: usize,
+    dx: &mut [f32],
+    accumulate: bool,
+) {
     assert!(fits(n, k) && pairs.len() >= n * k && dx.len() >= m * k);
     assert!(m == 0 || gp.len() >= (m.div_ceil(2 * T) * 2 * T - 1) * ldg + n);
     let out = Shared(dx.as_mut_ptr());
     tasks(k / (2 * T), |cb| {
         let mut tile = [0f32; 4 * T * T];
         let _tiles = imp::Tiles::configure();
-        for jp in 0..m.div_ceil(2 * T) {
-            let rows = (m - 2 * jp * T).min(2 * T);
-            let first = (2 * jp * T) * k + 2 * T * cb;
-            // SAFETY (here and the calls below): the A tiles read rows 32jp..32jp+32 of gp (n
-            // values from its start), the B tiles pair rows 0..n/2, columns 32cb..32cb+32 of
-            // pairs, the C tiles rows 32jp..32jp+32 (all < m when the block is full), columns
-            // 32cb..32cb+32 of dx: inside the checked slices; only this task touches these
-            // columns of dx.
-            let (a, b) = unsafe { (gp.as_ptr().add(2 * jp * T * ldg), pairs.as_ptr().add(2 * 2 * T * cb)) };
-            if rows == 2 * T {
-                unsafe { imp::block_gw(a, ldg, b, n, k, out.at(first), k) };
-                continue;
-            }
-            // A last, partial block of rows goes through `tile`.
-            for r in 0..rows {
-                let src = unsafe { std::slice::from_raw_parts(out.at(first + r * k), 2 * T) };
-                tile[r * 2 * T..(r + 1) * 2 * T].copy_from_slice(src);
-            }
-            tile[rows * 2 * T..].fill(0.0);
-            unsafe { imp::block_gw(a, ldg, b, n, k, tile.as_mut_ptr(), 2 * T) };
-            for r in 0..rows {
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(first + r * k), 2 * T) };
-                dst.copy_from_slice(&tile[r * 2 * T..(r + 1) * 2 * T]);
+        for n0 in (0..n).step_by(KC) {
+            let nc = KC.min(n - n0);
+            let add = accumulate || n0 > 0;
+            for jp in 0..m.div_ceil(2 * T) {
+                let rows = (m - 2 * jp * T).min(2 * T);
+                let first = (2 * jp * T) * k + 2 * T * cb;
+                // SAFETY (here and the calls below): the A tiles read rows 32jp..32jp+32, columns
+                // n0..n0+nc of gp, the B tiles pair rows n0/2..(n0+nc)/2, columns 32cb..32cb+32
+                // of pairs, the C tiles rows 32jp..32jp+32 (all < m when the block is full),
+                // columns 32cb..32cb+32 of dx: inside the checked slices; only this task touches
+                // these columns of dx.
+                let (a, b) = unsafe {
+                    (gp.as_ptr().add(2 * jp * T * ldg + n0), pairs.as_ptr().add(2 * 2 * T * cb + n0 * k))
+                };
+                if rows == 2 * T {
+                    unsafe { imp::block_gw(a, ldg, b, nc, k, out.at(first), k, add) };
+                    continue;
+                }
+                // A last, partial block of rows goes through `tile`.
+                tile.fill(0.0);
+                for r in (0..rows).filter(|_| add) {
+                    let src = unsafe { std::slice::from_raw_parts(out.at(first + r * k), 2 * T) };
+                    tile[r * 2 * T..(r + 1) * 2 * T].copy_from_slice(src);
+                }
+                unsafe { imp::block_gw(a, ldg, b, nc, k, tile.as_mut_ptr(), 2 * T, true) };
+                for r in 0..rows {
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(first + r * k), 2 * T) };
+                    dst.copy_from_slice(&tile[r * 2 * T..(r + 1) * 2 * T]);
+                }
             }
         }
     });
@@ -201,6 +270,33 @@ mod imp {
         const XFEATURE_XTILEDATA: libc::c_long = 18;
         // SAFETY: a plain syscall with integer arguments.
         has && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
+    }
+
+    /// Converts the longest prefix of whole 32-value groups with AVX512-BF16 (when the CPU has
+    /// it) and returns its length.
+    pub fn convert_vector(src: &[f32], dst: &mut [std::mem::MaybeUninit<u16>]) -> usize {
+        if !std::arch::is_x86_feature_detected!("avx512bf16") {
+            return 0;
+        }
+        // SAFETY: the CPU has AVX512-BF16 (checked above), and both slices hold `src.len()`
+        // values.
+        unsafe { convert_avx512(src, dst) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn convert_avx512(src: &[f32], dst: &mut [std::mem::MaybeUninit<u16>]) -> usize {
+        use std::arch::x86_64::*;
+        let groups = src.len().min(dst.len()) / 32;
+        for g in 0..groups {
+            // SAFETY: group g covers values 32g..32g+32 of both slices.
+            unsafe {
+                let lo = _mm512_loadu_ps(src.as_ptr().add(32 * g));
+                let hi = _mm512_loadu_ps(src.as_ptr().add(32 * g + 16));
+                let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(dst.as_mut_ptr().add(32 * g) as *mut __m512i, packed);
+            }
+        }
+        32 * groups
     }
 
     /// Palette 1, all eight tiles 16 rows of 64 bytes.
@@ -239,16 +335,35 @@ mod imp {
         }
     }
 
-    /// One 32×32 block of `W · Xᵀ` over all of k into `tile` (rows: W rows, columns: X rows).
+    /// One 32×32 block of `W · Xᵀ` over `32 · kbs` values of k into `c` (32×32 row-major; rows:
+    /// W rows, columns: X rows), added to what `c` holds when `accumulate`.
     ///
     /// # Safety
-    /// `w` must reach 32 rows of `k` bf16 values, `xp` two packed blocks of `k/2 · 32` values,
-    /// and a [`Tiles`] must be alive on this thread.
-    pub unsafe fn block_wx(w: *const u16, k: usize, xp: *const u16, tile: &mut [f32; 4 * T * T]) {
+    /// `w` must reach 32 rows (`k` apart) of `32 · kbs` bf16 values, `xp` two packed blocks
+    /// (`k/2 · 32` values apart) of `16 · kbs` pair rows, `c` 1024 values, and a [`Tiles`] must be
+    /// alive on this thread.
+    pub unsafe fn block_wx(
+        w: *const u16,
+        k: usize,
+        xp: *const u16,
+        kbs: usize,
+        c: *mut f32,
+        accumulate: bool,
+    ) {
         unsafe {
-            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+            if accumulate {
+                load(c, 2 * T);
+            } else {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+            }
             let (sa, sb) = (2 * k, 4 * T);
-            for kb in 0..k / (2 * T) {
+            for kb in 0..kbs {
                 let a0 = w.add(kb * 2 * T);
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa} * 1]",
@@ -268,13 +383,13 @@ mod imp {
                     options(nostack, readonly),
                 );
             }
-            store(tile.as_mut_ptr(), 2 * T);
+            store(c, 2 * T);
         }
     }
 
-    /// `C += G-rows · W` for one 32×32 block of C (f32, rows `ldc` values apart): `gp` 32 rows
-    /// (stride `ldg`) of the chunk's `n` columns, `pairs` from the block's first column (pair
-    /// rows `k` pairs apart).
+    /// `C (+)= G-rows · W` for one 32×32 block of C (f32, rows `ldc` values apart; overwritten
+    /// unless `accumulate`): `gp` 32 rows (stride `ldg`) of the chunk's `n` columns, `pairs` from
+    /// the block's first column (pair rows `k` pairs apart).
     ///
     /// # Safety
     /// `gp` must reach 32 rows of `n` values `ldg` apart, `pairs` `n/2` pair rows of 32 pairs,
@@ -287,20 +402,14 @@ mod imp {
         k: usize,
         c: *mut f32,
         ldc: usize,
+        accumulate: bool,
     ) {
         unsafe {
-            asm!(
-                "tileloadd tmm0, [{c0} + {sc} * 1]",
-                "tileloadd tmm1, [{c1} + {sc} * 1]",
-                "tileloadd tmm2, [{c2} + {sc} * 1]",
-                "tileloadd tmm3, [{c3} + {sc} * 1]",
-                c0 = in(reg) c,
-                c1 = in(reg) c.add(T),
-                c2 = in(reg) c.add(T * ldc),
-                c3 = in(reg) c.add(T * ldc + T),
-                sc = in(reg) 4 * ldc,
-                options(nostack, readonly),
-            );
+            if accumulate {
+                load(c, ldc);
+            } else {
+                zero();
+            }
             let (sa, sb) = (2 * ldg, 4 * k);
             for nb in 0..n / (2 * T) {
                 let a0 = gp.add(nb * 2 * T);
@@ -324,6 +433,31 @@ mod imp {
                 );
             }
             store(c, ldc);
+        }
+    }
+
+    /// Zeroes tiles 0–3.
+    unsafe fn zero() {
+        unsafe {
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem))
+        };
+    }
+
+    /// Loads tiles 0–3 from the four 16×16 quarters of a 32×32 f32 block (rows `ldc` apart).
+    unsafe fn load(c: *const f32, ldc: usize) {
+        unsafe {
+            asm!(
+                "tileloadd tmm0, [{c0} + {sc} * 1]",
+                "tileloadd tmm1, [{c1} + {sc} * 1]",
+                "tileloadd tmm2, [{c2} + {sc} * 1]",
+                "tileloadd tmm3, [{c3} + {sc} * 1]",
+                c0 = in(reg) c,
+                c1 = in(reg) c.add(T),
+                c2 = in(reg) c.add(T * ldc),
+                c3 = in(reg) c.add(T * ldc + T),
+                sc = in(reg) 4 * ldc,
+                options(nostack, readonly),
+            );
         }
     }
 
@@ -354,6 +488,10 @@ mod imp {
         false
     }
 
+    pub fn convert_vector(_: &[f32], _: &mut [std::mem::MaybeUninit<u16>]) -> usize {
+        0
+    }
+
     pub struct Tiles(());
 
     impl Tiles {
@@ -363,7 +501,7 @@ mod imp {
     }
 
     /// Never called: [`super::available`] is false off x86-64.
-    pub unsafe fn block_wx(_: *const u16, _: usize, _: *const u16, _: &mut [f32; 4 * T * T]) {}
+    pub unsafe fn block_wx(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: bool) {}
 
     /// Never called: [`super::available`] is false off x86-64.
     pub unsafe fn block_gw(
@@ -407,12 +545,30 @@ mod tests {
     }
 
     #[test]
+    fn vector_conversion_rounds_like_the_scalar_one() {
+        let mut v = values(1000, 9);
+        v[3] = f32::NAN;
+        v[4] = 1.0 + 1.0 / 256.0; // a tie
+        v[5] = -3.0e38;
+        let mut fast = vec![0u16; v.len()];
+        convert_into(&v, &mut fast);
+        for (i, (&x, &f)) in v.iter().zip(&fast).enumerate() {
+            let slow = bf16_bits(x);
+            assert!(
+                f == slow || (x.is_nan() && f32::from_bits((f as u32) << 16).is_nan()),
+                "{i}: {x} {f:#x} {slow:#x}"
+            );
+        }
+    }
+
+    #[test]
     fn products_match_the_rounded_operands_in_f64() {
         if !available() {
             eprintln!("skipped: no AMX on this CPU");
             return;
         }
-        for &(m, n, k) in &[(1, 32, 32), (45, 64, 96), (128, 96, 64), (7, 32, 320)] {
+        // The last shape spans several slices of the reduction (KC) both ways.
+        for &(m, n, k) in &[(1, 32, 32), (45, 64, 96), (128, 96, 64), (7, 32, 320), (33, 608, 576)] {
             let (x, w) = (values(m * k, 1), values(n * k, 2));
             let wb: Vec<u16> = w.iter().map(|&v| bf16_bits(v)).collect();
             let (xr, wr) = (round(&x), round(&w));
@@ -446,11 +602,17 @@ mod tests {
                 if rows == 0 {
                     continue;
                 }
-                let mut pairs = vec![0u16; rows * k];
-                interleave_pairs(&wb[r0 * k..(r0 + rows) * k], k, &mut pairs);
-                backward(&gp[r0..], n, m, &pairs, rows, k, &mut dx);
+                let pairs = interleave_pairs(&wb[r0 * k..(r0 + rows) * k], k);
+                backward(&gp[r0..], n, m, &pairs, rows, k, &mut dx, true);
             }
             assert!(rel(&dx, &want) < 1e-5, "backward {m}x{n}x{k}: {}", rel(&dx, &want));
+            // Overwriting: whatever dx held before is gone.
+            let mut fresh = vec![f32::NAN; m * k];
+            let pairs = interleave_pairs(&wb, k);
+            backward(&gp, n, m, &pairs, n, k, &mut fresh, false);
+            let before = values(m * k, 4);
+            let want: Vec<f64> = want.iter().zip(&before).map(|(w, b)| w - *b as f64).collect();
+            assert!(rel(&fresh, &want) < 1e-5, "overwriting backward {m}x{n}x{k}: {}", rel(&fresh, &want));
         }
     }
 

@@ -154,9 +154,11 @@ fn quant_matmul_amx(
     accumulate: bool,
 ) -> Result<()> {
     let (n, k) = (w.rows, w.cols);
-    let out_dim = if transpose { k } else { n };
-    let mut scratch = if accumulate { zeroed(m * out_dim) } else { Vec::new() };
-    let dst: &mut [f32] = if accumulate { &mut scratch } else { &mut y[..m * out_dim] };
+    // The input gradient accumulates chunk by chunk straight into y; the forward overwrites, so
+    // adding it to y (never asked for today) goes through a scratch buffer.
+    let through_scratch = accumulate && !transpose;
+    let mut scratch = if through_scratch { zeroed(m * n) } else { Vec::new() };
+    let dst: &mut [f32] = if through_scratch { &mut scratch } else { y };
     let stored = match &w.format {
         QuantFormat::Half(h) if h.dtype == DType::BF16 => Some(&h.bits),
         _ => None,
@@ -168,11 +170,7 @@ fn quant_matmul_amx(
     };
     let mut widened = if stored.is_none() { vec![0f32; rows * k] } else { Vec::new() };
     let mut bits = if stored.is_none() { vec![0u16; rows * k] } else { Vec::new() };
-    let mut pairs = if transpose { vec![0u16; rows * k] } else { Vec::new() };
     let packed = if transpose { amx::pack_rows(x, m, n) } else { amx::pack_x(x, m, k) };
-    if transpose {
-        dst.fill(0.0);
-    }
     let mut r0 = 0;
     while r0 < n {
         let r = rows.min(n - r0);
@@ -185,14 +183,14 @@ fn quant_matmul_amx(
             }
         };
         if transpose {
-            amx::interleave_pairs(chunk, k, &mut pairs[..r * k]);
-            amx::backward(&packed[r0..], n, m, &pairs[..r * k], r, k, dst);
+            let pairs = amx::interleave_pairs(chunk, k);
+            amx::backward(&packed[r0..], n, m, &pairs, r, k, dst, accumulate || r0 > 0);
         } else {
             amx::forward(chunk, r, k, &packed, m, &mut dst[r0..], n);
         }
         r0 += r;
     }
-    if accumulate {
+    if through_scratch {
         let add = |(a, b): (&mut [f32], &[f32])| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
         if threads() > 1 {
             use rayon::prelude::*;
@@ -206,7 +204,7 @@ fn quant_matmul_amx(
 
 /// f32 values to bf16 bits across the kernel pool.
 fn to_bf16_bits(src: &[f32], out: &mut [u16]) {
-    let conv = |(o, s): (&mut [u16], &[f32])| o.iter_mut().zip(s).for_each(|(o, &s)| *o = amx::bf16_bits(s));
+    let conv = |(o, s): (&mut [u16], &[f32])| amx::convert_into(s, o);
     if threads() > 1 {
         use rayon::prelude::*;
         out.par_chunks_mut(ELEMENTS_PER_TASK).zip(src.par_chunks(ELEMENTS_PER_TASK)).for_each(conv);
@@ -420,6 +418,17 @@ mod tests {
                 "{}: input gradient off by {}",
                 w.describe(),
                 err(&dx, &want)
+            );
+            // Without accumulation what the destination held is overwritten.
+            let before = rand(m * k, 24);
+            let want: Vec<f64> = want.iter().zip(&before).map(|(w, b)| w - *b as f64).collect();
+            let mut fresh = vec![f32::NAN; m * k];
+            quant_matmul_cpu(w, &g, m, true, &mut fresh, false)?;
+            assert!(
+                err(&fresh, &want) < tolerance,
+                "{}: overwriting off by {}",
+                w.describe(),
+                err(&fresh, &want)
             );
         }
         Ok(())
