@@ -114,19 +114,6 @@ pub fn pack_rows(g: &[f32], m: usize, n: usize) -> Vec<u16> {
     })
 }
 
-/// Rows of `W` (`rows` × `k` bf16 bits, `rows` even) interleaved in pairs: `P[q][c] =
-/// (W[2q][c], W[2q+1][c])`, the right operand of `G · W`.
-pub fn interleave_pairs(w: &[u16], k: usize) -> Vec<u16> {
-    written(w.len(), 2 * k, |q, dst| {
-        // Both values of each of the row pair's k columns are written.
-        let (r0, r1) = (&w[2 * q * k..(2 * q + 1) * k], &w[(2 * q + 1) * k..(2 * q + 2) * k]);
-        for c in 0..k {
-            dst[2 * c].write(r0[c]);
-            dst[2 * c + 1].write(r1[c]);
-        }
-    })
-}
-
 /// A destination shared by tasks that write disjoint parts of it.
 #[derive(Clone, Copy)]
 struct Shared(*mut f32);
@@ -164,19 +151,36 @@ pub fn forward(w: &[u16], n: usize, k: usize, xp: &[u16], m: usize, y: &mut [f32
     assert!(m == 0 || y.len() >= (m - 1) * ld + n);
     let out = Shared(y.as_mut_ptr());
     let blocks = m.div_ceil(2 * T);
+    // Copying W's tiles pays off once they are used by a few blocks of X.
+    let copy_w = blocks >= 4;
     tasks(n / (2 * T), |b| {
         // Yᵀ for this task's 32 rows of W, one 32×32 block per 32 rows of X.
         let mut acc = vec![0f32; blocks * 4 * T * T];
+        let mut a = vec![0u16; if copy_w { 2 * T * KC } else { 0 }];
         let _tiles = imp::Tiles::configure();
         for k0 in (0..k).step_by(KC) {
             let kbs = KC.min(k - k0) / (2 * T);
+            let rows = &w[2 * T * b * k..];
+            // This slice of the task's 32 rows of W, tile by tile (each 1 KiB in one piece: rows
+            // `2k` bytes apart fell into a few L1 sets and evicted each other between uses).
+            let wt = if copy_w {
+                for (i, row) in rows.chunks_exact(k).take(2 * T).enumerate() {
+                    for kb in 0..kbs {
+                        let at = kb * 4 * T * T + (i / T) * 2 * T * T + (i % T) * 2 * T;
+                        a[at..at + 2 * T].copy_from_slice(&row[k0 + 2 * T * kb..][..2 * T]);
+                    }
+                }
+                imp::Operand { at: a.as_ptr(), stride: 2 * T, second: 2 * T * T, step: 4 * T * T }
+            } else {
+                imp::Operand { at: rows[k0..].as_ptr(), stride: k, second: T * k, step: 2 * T }
+            };
             for jp in 0..blocks {
-                // SAFETY: the A tiles read rows 32b..32b+32, columns k0..k0+32kbs of w; the B
-                // tiles pair rows k0/2.. of blocks 2jp, 2jp+1 of xp; C is block jp of acc: all
-                // inside the slices checked above.
+                // SAFETY: the A tiles read kbs tile pairs of the slice of W (as copied, or in
+                // place); the B tiles pair rows k0/2.. of blocks 2jp, 2jp+1 of xp; C is block jp
+                // of acc: all inside the slices checked above.
                 unsafe {
                     imp::block_wx(
-                        w.as_ptr().add(2 * T * b * k + k0),
+                        wt,
                         k,
                         xp.as_ptr().add(2 * jp * T * k + k0 * T),
                         kbs,
@@ -202,25 +206,47 @@ pub fn forward(w: &[u16], n: usize, k: usize, xp: &[u16], m: usize, y: &mut [f32
     });
 }
 
+/// Columns `c0..c0+32` of `W` (`rows` × `k` bf16 bits, `rows` even) as the right operand of
+/// `G · W`: each row pair interleaved, `(W[2q][c], W[2q+1][c])`, for the first 16 columns then
+/// the second, so that every tile is 1 KiB in one piece. (Pair rows of the whole width put a
+/// tile's 16 rows `4k` bytes apart, all in one L1 set for k = 1024, evicting each other.)
+fn interleave_columns(w: &[u16], k: usize, c0: usize, out: &mut [u16]) {
+    let pairs = w.len() / (2 * k);
+    for (q, (r0, r1)) in w.chunks_exact(k).step_by(2).zip(w.chunks_exact(k).skip(1).step_by(2)).enumerate() {
+        for half in 0..2 {
+            let dst = &mut out[(half * pairs + q) * 2 * T..][..2 * T];
+            let (a, b) = (&r0[c0 + half * T..][..T], &r1[c0 + half * T..][..T]);
+            for c in 0..T {
+                dst[2 * c] = a[c];
+                dst[2 * c + 1] = b[c];
+            }
+        }
+    }
+}
+
 /// `dx[m, k] (+)= g[:, n-range] · W` for `gp` from [`pack_rows`] (row stride `ldg`, starting at
-/// the chunk's first column) and `pairs` from [`interleave_pairs`] of the chunk's `n` rows;
-/// without `accumulate` dx is overwritten.
+/// the first column of `w`'s range) and `w` `n` rows of W (`k` bf16 bits each, as stored);
+/// without `accumulate` dx is overwritten. Each task rearranges its 32 columns of `w` once, into
+/// a buffer that stays in its core's cache while every row block of `g` goes past.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     gp: &[u16],
     ldg: usize,
     m: usize,
-    pairs: &[u16],
+    w: &[u16],
     n: usize,
     k: usize,
     dx: &mut [f32],
     accumulate: bool,
 ) {
-    assert!(fits(n, k) && pairs.len() >= n * k && dx.len() >= m * k);
+    assert!(fits(n, k) && w.len() >= n * k && dx.len() >= m * k);
     assert!(m == 0 || gp.len() >= (m.div_ceil(2 * T) * 2 * T - 1) * ldg + n);
+    let w = &w[..n * k];
     let out = Shared(dx.as_mut_ptr());
     tasks(k / (2 * T), |cb| {
         let mut tile = [0f32; 4 * T * T];
+        let mut pairs = vec![0u16; n * 2 * T];
+        interleave_columns(w, k, 2 * T * cb, &mut pairs);
         let _tiles = imp::Tiles::configure();
         for n0 in (0..n).step_by(KC) {
             let nc = KC.min(n - n0);
@@ -229,15 +255,13 @@ pub fn backward(
                 let rows = (m - 2 * jp * T).min(2 * T);
                 let first = (2 * jp * T) * k + 2 * T * cb;
                 // SAFETY (here and the calls below): the A tiles read rows 32jp..32jp+32, columns
-                // n0..n0+nc of gp, the B tiles pair rows n0/2..(n0+nc)/2, columns 32cb..32cb+32
-                // of pairs, the C tiles rows 32jp..32jp+32 (all < m when the block is full),
+                // n0..n0+nc of gp, the B tiles pair rows n0/2..(n0+nc)/2 of both halves of
+                // pairs, the C tiles rows 32jp..32jp+32 (all < m when the block is full),
                 // columns 32cb..32cb+32 of dx: inside the checked slices; only this task touches
                 // these columns of dx.
-                let (a, b) = unsafe {
-                    (gp.as_ptr().add(2 * jp * T * ldg + n0), pairs.as_ptr().add(2 * 2 * T * cb + n0 * k))
-                };
+                let (a, b) = unsafe { (gp.as_ptr().add(2 * jp * T * ldg + n0), pairs.as_ptr().add(T * n0)) };
                 if rows == 2 * T {
-                    unsafe { imp::block_gw(a, ldg, b, nc, k, out.at(first), k, add) };
+                    unsafe { imp::block_gw(a, ldg, b, T * n, nc, out.at(first), k, add) };
                     continue;
                 }
                 // A last, partial block of rows goes through `tile`.
@@ -246,7 +270,7 @@ pub fn backward(
                     let src = unsafe { std::slice::from_raw_parts(out.at(first + r * k), 2 * T) };
                     tile[r * 2 * T..(r + 1) * 2 * T].copy_from_slice(src);
                 }
-                unsafe { imp::block_gw(a, ldg, b, nc, k, tile.as_mut_ptr(), 2 * T, true) };
+                unsafe { imp::block_gw(a, ldg, b, T * n, nc, tile.as_mut_ptr(), 2 * T, true) };
                 for r in 0..rows {
                     let dst = unsafe { std::slice::from_raw_parts_mut(out.at(first + r * k), 2 * T) };
                     dst.copy_from_slice(&tile[r * 2 * T..(r + 1) * 2 * T]);
@@ -335,36 +359,33 @@ mod imp {
         }
     }
 
+    /// Where a task's 32 rows of W are: tile rows `stride` values apart, rows 16–31 `second`
+    /// values after rows 0–15, the next 32 values of k `step` values further.
+    #[derive(Clone, Copy)]
+    pub struct Operand {
+        pub at: *const u16,
+        pub stride: usize,
+        pub second: usize,
+        pub step: usize,
+    }
+
     /// One 32×32 block of `W · Xᵀ` over `32 · kbs` values of k into `c` (32×32 row-major; rows:
     /// W rows, columns: X rows), added to what `c` holds when `accumulate`.
     ///
     /// # Safety
-    /// `w` must reach 32 rows (`k` apart) of `32 · kbs` bf16 values, `xp` two packed blocks
-    /// (`k/2 · 32` values apart) of `16 · kbs` pair rows, `c` 1024 values, and a [`Tiles`] must be
-    /// alive on this thread.
-    pub unsafe fn block_wx(
-        w: *const u16,
-        k: usize,
-        xp: *const u16,
-        kbs: usize,
-        c: *mut f32,
-        accumulate: bool,
-    ) {
+    /// `a` must reach `kbs` steps of its 32 rows, `xp` two packed blocks (`k/2 · 32` values
+    /// apart) of `16 · kbs` pair rows, `c` 1024 values, and a [`Tiles`] must be alive on this
+    /// thread.
+    pub unsafe fn block_wx(a: Operand, k: usize, xp: *const u16, kbs: usize, c: *mut f32, accumulate: bool) {
         unsafe {
             if accumulate {
                 load(c, 2 * T);
             } else {
-                asm!(
-                    "tilezero tmm0",
-                    "tilezero tmm1",
-                    "tilezero tmm2",
-                    "tilezero tmm3",
-                    options(nostack, nomem)
-                );
+                zero();
             }
-            let (sa, sb) = (2 * k, 4 * T);
+            let (sa, sb) = (2 * a.stride, 4 * T);
             for kb in 0..kbs {
-                let a0 = w.add(kb * 2 * T);
+                let a0 = a.at.add(kb * a.step);
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa} * 1]",
                     "tileloadd tmm5, [{a1} + {sa} * 1]",
@@ -375,7 +396,7 @@ mod imp {
                     "tdpbf16ps tmm2, tmm5, tmm6",
                     "tdpbf16ps tmm3, tmm5, tmm7",
                     a0 = in(reg) a0,
-                    a1 = in(reg) a0.add(T * k),
+                    a1 = in(reg) a0.add(a.second),
                     b0 = in(reg) xp.add(kb * T * 2 * T),
                     b1 = in(reg) xp.add(T * k + kb * T * 2 * T),
                     sa = in(reg) sa,
@@ -388,18 +409,20 @@ mod imp {
     }
 
     /// `C (+)= G-rows · W` for one 32×32 block of C (f32, rows `ldc` values apart; overwritten
-    /// unless `accumulate`): `gp` 32 rows (stride `ldg`) of the chunk's `n` columns, `pairs` from
-    /// the block's first column (pair rows `k` pairs apart).
+    /// unless `accumulate`) over `n` values of the reduction: `gp` 32 rows (stride `ldg`),
+    /// `pairs` the first of the block's two 16-column halves from `interleave_columns` at its
+    /// first pair row, the second `next` values further.
     ///
     /// # Safety
-    /// `gp` must reach 32 rows of `n` values `ldg` apart, `pairs` `n/2` pair rows of 32 pairs,
-    /// `c` 32 rows of 32 values `ldc` apart, and a [`Tiles`] must be alive on this thread.
+    /// `gp` must reach 32 rows of `n` values `ldg` apart, both column blocks `n/2` pair rows of
+    /// 16 pairs, `c` 32 rows of 32 values `ldc` apart, and a [`Tiles`] must be alive on this
+    /// thread.
     pub unsafe fn block_gw(
         gp: *const u16,
         ldg: usize,
         pairs: *const u16,
+        next: usize,
         n: usize,
-        k: usize,
         c: *mut f32,
         ldc: usize,
         accumulate: bool,
@@ -410,10 +433,10 @@ mod imp {
             } else {
                 zero();
             }
-            let (sa, sb) = (2 * ldg, 4 * k);
+            let (sa, sb) = (2 * ldg, 4 * T);
             for nb in 0..n / (2 * T) {
                 let a0 = gp.add(nb * 2 * T);
-                let b0 = pairs.add(nb * T * 2 * k);
+                let b0 = pairs.add(nb * T * 2 * T);
                 asm!(
                     "tileloadd tmm4, [{a0} + {sa} * 1]",
                     "tileloadd tmm5, [{a1} + {sa} * 1]",
@@ -426,7 +449,7 @@ mod imp {
                     a0 = in(reg) a0,
                     a1 = in(reg) a0.add(T * ldg),
                     b0 = in(reg) b0,
-                    b1 = in(reg) b0.add(2 * T),
+                    b1 = in(reg) b0.add(next),
                     sa = in(reg) sa,
                     sb = in(reg) sb,
                     options(nostack, readonly),
@@ -501,7 +524,15 @@ mod imp {
     }
 
     /// Never called: [`super::available`] is false off x86-64.
-    pub unsafe fn block_wx(_: *const u16, _: usize, _: *const u16, _: usize, _: *mut f32, _: bool) {}
+    #[derive(Clone, Copy)]
+    pub struct Operand {
+        pub at: *const u16,
+        pub stride: usize,
+        pub second: usize,
+        pub step: usize,
+    }
+
+    pub unsafe fn block_wx(_: Operand, _: usize, _: *const u16, _: usize, _: *mut f32, _: bool) {}
 
     /// Never called: [`super::available`] is false off x86-64.
     pub unsafe fn block_gw(
@@ -602,14 +633,12 @@ mod tests {
                 if rows == 0 {
                     continue;
                 }
-                let pairs = interleave_pairs(&wb[r0 * k..(r0 + rows) * k], k);
-                backward(&gp[r0..], n, m, &pairs, rows, k, &mut dx, true);
+                backward(&gp[r0..], n, m, &wb[r0 * k..(r0 + rows) * k], rows, k, &mut dx, true);
             }
             assert!(rel(&dx, &want) < 1e-5, "backward {m}x{n}x{k}: {}", rel(&dx, &want));
             // Overwriting: whatever dx held before is gone.
             let mut fresh = vec![f32::NAN; m * k];
-            let pairs = interleave_pairs(&wb, k);
-            backward(&gp, n, m, &pairs, n, k, &mut fresh, false);
+            backward(&gp, n, m, &wb, n, k, &mut fresh, false);
             let before = values(m * k, 4);
             let want: Vec<f64> = want.iter().zip(&before).map(|(w, b)| w - *b as f64).collect();
             assert!(rel(&fresh, &want) < 1e-5, "overwriting backward {m}x{n}x{k}: {}", rel(&fresh, &want));

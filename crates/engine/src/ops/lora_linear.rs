@@ -131,7 +131,7 @@ pub fn lora_linear(
     x.contiguous()?.apply_op3(
         &a.contiguous()?,
         &b.contiguous()?,
-        LoraOp { base, scale: scale as f32, dropout },
+        LoraOp { base, scale: scale as f32, dropout, xa: std::sync::Mutex::new(None) },
     )
 }
 
@@ -139,6 +139,9 @@ struct LoraOp {
     base: Arc<dyn FrozenKernel>,
     scale: f32,
     dropout: Option<DropoutSpec>,
+    /// `dropout(x) · Aᵀ` (`[m, r]`, a few KiB) from the forward, for the backward's `dL/dB`:
+    /// recomputing it read all of `x` once more per adapted projection.
+    xa: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 impl LoraOp {
@@ -196,6 +199,9 @@ impl CustomOp3 for LoraOp {
         let mut xa = vec![0f32; m * r];
         sgemm_par(m, r, k, Mat::rows(&xd, k), Mat::rows_t(a, k), &mut xa, false, 1.0);
         sgemm_par(m, n, r, Mat::rows(&xa, r), Mat::rows_t(b, r), &mut out, true, self.scale);
+        if let Ok(mut kept) = self.xa.lock() {
+            *kept = Some(xa);
+        }
         Ok((CpuStorage::F32(out), with_last_dim(xl.dims(), n)))
     }
 
@@ -224,9 +230,18 @@ impl CustomOp3 for LoraOp {
                         // dA = scale · gᵀ · xd   [r, k]
                         let mut da = vec![0f32; r * k];
                         sgemm_par(r, k, m, Mat::rows_t(&g, r), Mat::rows(&xd, k), &mut da, false, self.scale);
-                        // dB = scale · dYᵀ · (xd · Aᵀ)   [n, r]
-                        let mut xa = vec![0f32; m * r];
-                        sgemm_par(m, r, k, Mat::rows(&xd, k), Mat::rows_t(a, k), &mut xa, false, 1.0);
+                        // dB = scale · dYᵀ · (xd · Aᵀ)   [n, r], with xd · Aᵀ kept by the forward
+                        // (recomputed when this op's forward did not run here).
+                        let kept =
+                            self.xa.lock().ok().and_then(|mut k| k.take()).filter(|v| v.len() == m * r);
+                        let xa = match kept {
+                            Some(xa) => xa,
+                            None => {
+                                let mut xa = vec![0f32; m * r];
+                                sgemm_par(m, r, k, Mat::rows(&xd, k), Mat::rows_t(a, k), &mut xa, false, 1.0);
+                                xa
+                            }
+                        };
                         let mut db = vec![0f32; n * r];
                         sgemm_par(n, r, m, Mat::rows_t(dy, n), Mat::rows(&xa, r), &mut db, false, self.scale);
                         Ok((dx, da, db))

@@ -163,10 +163,10 @@ fn quant_matmul_amx(
         QuantFormat::Half(h) if h.dtype == DType::BF16 => Some(&h.bits),
         _ => None,
     };
-    // A base stored in bf16 goes in one piece when nothing needs rearranging (the forward).
+    // A base stored in bf16 goes in one piece; other formats are widened a chunk at a time.
     let rows = match stored {
-        Some(_) if !transpose => n,
-        _ => (chunk_rows(w) / 32 * 32).max(32),
+        Some(_) => n,
+        None => (chunk_rows(w) / 32 * 32).max(32),
     };
     let mut widened = if stored.is_none() { vec![0f32; rows * k] } else { Vec::new() };
     let mut bits = if stored.is_none() { vec![0u16; rows * k] } else { Vec::new() };
@@ -183,8 +183,7 @@ fn quant_matmul_amx(
             }
         };
         if transpose {
-            let pairs = amx::interleave_pairs(chunk, k);
-            amx::backward(&packed[r0..], n, m, &pairs, r, k, dst, accumulate || r0 > 0);
+            amx::backward(&packed[r0..], n, m, chunk, r, k, dst, accumulate || r0 > 0);
         } else {
             amx::forward(chunk, r, k, &packed, m, &mut dst[r0..], n);
         }
