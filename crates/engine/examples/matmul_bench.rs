@@ -60,6 +60,7 @@ fn main() -> Result<()> {
         let mut bf16 = QuantWeight::from_half_tensor(&w.to_dtype(DType::BF16)?)?
             .ok_or_else(|| anyhow::anyhow!("a bf16 tensor is a 16-bit store"))?;
         bf16.compute = DType::BF16;
+        bf16.prepare_bf16_products();
         let bf16 = Arc::new(bf16);
         let g = Tensor::randn(0f32, 1.0, (m, n), &dev)?;
         let fwd16 = best_of(5, || {

@@ -207,8 +207,15 @@ pub fn options_for(cfg: &TrainConfig, method: MethodKind, default_targets: &[&st
         weight_bytes
     };
     // `stored` keeps 16-bit checkpoints as they are (the usual case; an f32 checkpoint stays f32).
-    let frozen_projection_bytes =
-        ((cfg.model.frozen_dtype == "stored" || cpu_bf16_products) && weight_bytes > 2).then_some(2);
+    // bf16 products on this machine's AMX tile unit hold each weight twice (as stored, and laid
+    // out for the input gradient) unless `stored` asks for the stored values only: 4 bytes;
+    // elsewhere 2.
+    let stored = cfg.model.frozen_dtype == "stored";
+    let frozen_projection_bytes = match (cpu_bf16_products, stored) {
+        (true, false) if method == MethodKind::Lora && crate::ops::amx::available() => Some(4),
+        (true, _) | (false, true) if weight_bytes > 2 => Some(2),
+        _ => None,
+    };
     MemoryOptions {
         method,
         weight_bytes,
@@ -367,9 +374,16 @@ mod tests {
         cfg.model.device = "cpu".into();
         cfg.model.dtype = "bf16".into();
         let lora = options_for(&cfg, MethodKind::Lora, &["q_proj", "v_proj"]);
-        assert_eq!((lora.weight_bytes, lora.frozen_projection_bytes, lora.activation_bytes), (4, Some(2), 4));
+        let projection = if crate::ops::amx::available() { 4 } else { 2 };
+        assert_eq!(
+            (lora.weight_bytes, lora.frozen_projection_bytes, lora.activation_bytes),
+            (4, Some(projection), 4)
+        );
         let qlora = options_for(&cfg, MethodKind::Qlora, &["q_proj", "v_proj"]);
         assert_eq!(qlora.activation_bytes, 4);
+        cfg.model.frozen_dtype = "stored".into();
+        assert_eq!(options_for(&cfg, MethodKind::Lora, &[]).frozen_projection_bytes, Some(2));
+        cfg.model.frozen_dtype = "compute".into();
         // Full fine-tuning on the CPU in bf16 computes in bf16 throughout.
         let full = options_for(&cfg, MethodKind::Full, &[]);
         assert_eq!((full.weight_bytes, full.frozen_projection_bytes, full.activation_bytes), (2, None, 2));

@@ -241,6 +241,11 @@ impl LayerFactory {
         let w = self.tensor(&name, &[out_dim, in_dim], held)?;
         let Some(mut q) = QuantWeight::from_half_tensor(&w)? else { return Ok(None) };
         q.compute = products;
+        // `frozen_dtype = "stored"` holds nothing but the stored values (half the memory, a
+        // slower input gradient).
+        if !self.plan.keep_stored_dtype {
+            q.prepare_bf16_products();
+        }
         Ok(Some(Box::new(QuantLinear::new(q, bias, self.dtype, self.device.clone()))))
     }
 

@@ -4,7 +4,7 @@
 //! another kernel); elsewhere as candle's forward kernels with the backward written out, keeping
 //! nothing for backward but their inputs ([`custom_backward`]).
 
-pub(crate) mod amx;
+pub mod amx;
 mod attention;
 mod attention_off_cpu;
 pub mod blas;

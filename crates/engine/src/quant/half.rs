@@ -13,6 +13,9 @@ pub struct HalfRows {
     pub dtype: DType,
     pub cols: usize,
     pub bits: Vec<u16>,
+    /// The same bf16 values laid out for the AMX input gradient
+    /// ([`crate::ops::amx::input_grad_panels`]), when bf16 products run on the tile unit.
+    pub panels: Option<Vec<u16>>,
 }
 
 impl HalfRows {
@@ -25,11 +28,11 @@ impl HalfRows {
             DType::F16 => flat.to_vec1::<f16>()?.into_iter().map(f16::to_bits).collect(),
             _ => return Ok(None),
         };
-        Ok(Some(Self { dtype: t.dtype(), cols, bits }))
+        Ok(Some(Self { dtype: t.dtype(), cols, bits, panels: None }))
     }
 
     pub fn bytes(&self) -> usize {
-        self.bits.len() * 2
+        (self.bits.len() + self.panels.as_ref().map_or(0, Vec::len)) * 2
     }
 
     /// Widens rows `[r0, r0 + out.len() / cols)` to f32 (exact).

@@ -159,9 +159,9 @@ fn quant_matmul_amx(
     let through_scratch = accumulate && !transpose;
     let mut scratch = if through_scratch { zeroed(m * n) } else { Vec::new() };
     let dst: &mut [f32] = if through_scratch { &mut scratch } else { y };
-    let stored = match &w.format {
-        QuantFormat::Half(h) if h.dtype == DType::BF16 => Some(&h.bits),
-        _ => None,
+    let (stored, panels) = match &w.format {
+        QuantFormat::Half(h) if h.dtype == DType::BF16 => (Some(&h.bits), h.panels.as_deref()),
+        _ => (None, None),
     };
     // A base stored in bf16 goes in one piece; other formats are widened a chunk at a time.
     let rows = match stored {
@@ -183,7 +183,11 @@ fn quant_matmul_amx(
             }
         };
         if transpose {
-            amx::backward(&packed[r0..], n, m, chunk, r, k, dst, accumulate || r0 > 0);
+            let weight = match panels {
+                Some(p) if r == n => amx::Weight::Panels(p),
+                _ => amx::Weight::Rows(chunk),
+            };
+            amx::backward(&packed[r0..], n, m, weight, r, k, dst, accumulate || r0 > 0);
         } else {
             amx::forward(chunk, r, k, &packed, m, &mut dst[r0..], n);
         }
@@ -391,8 +395,13 @@ mod tests {
             QuantSpec { kind: QuantKind::Nf4, double_quant: true, block_size: 64, compute: DType::BF16 };
         let nf4 =
             QuantWeight::quantize(&dense, n, k, &spec).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let mut prepared = QuantWeight::from_half_tensor(&half)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?
+            .expect("bf16 is a 16-bit store");
+        prepared.compute = DType::BF16;
+        prepared.prepare_bf16_products();
         let tolerance = if amx::available() { 1e-5 } else { 1e-2 };
-        for w in [&stored, &nf4] {
+        for w in [&stored, &prepared, &nf4] {
             let mut wd = vec![0f32; n * k];
             w.dequantize_rows_into(0, &mut wd).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
             let wr = round(&wd);

@@ -180,6 +180,21 @@ impl QuantWeight {
         Ok(HalfRows::from_tensor(w)?.map(|h| Self::with_format(rows, cols, QuantFormat::Half(h), DType::F32)))
     }
 
+    /// Prepares a bf16 weight kept as stored for bf16 products on the AMX tile unit (where the
+    /// CPU has one): its input gradient's operand laid out once, at twice the memory of the
+    /// weight alone (as much as an f32 copy) for products twice as fast.
+    pub fn prepare_bf16_products(&mut self) {
+        let (rows, cols) = (self.rows, self.cols);
+        if let QuantFormat::Half(h) = &mut self.format
+            && h.dtype == DType::BF16
+            && self.compute == DType::BF16
+            && crate::ops::amx::fits(rows, cols)
+            && crate::ops::amx::available()
+        {
+            h.panels = Some(crate::ops::amx::input_grad_panels(&h.bits, rows, cols));
+        }
+    }
+
     /// Bytes held by codes and scales.
     pub fn bytes(&self) -> usize {
         match &self.format {
