@@ -221,7 +221,8 @@ impl LayerFactory {
     /// A frozen base kept in 16 bits while the run computes in f32 on the CPU: as stored (bf16 or
     /// f16, widened exactly inside each product, see [`crate::quant::HalfRows`]: half the memory
     /// of an f32 copy, the same products) when the plan keeps stored dtypes, or in bf16 with bf16
-    /// products when the plan asks for those (any stored dtype, rounded to bf16).
+    /// products on the AMX tile unit when the plan asks for those (any stored dtype, rounded to
+    /// bf16; without AMX the bf16 weight is multiplied in f32).
     fn half_base(
         &self,
         path: &str,
@@ -234,7 +235,11 @@ impl LayerFactory {
         }
         let name = format!("{path}.weight");
         let (held, products) = match self.weights.stored_dtype(&name) {
-            _ if self.plan.bf16_products => (DType::BF16, DType::BF16),
+            // Without a tile unit, rounding the inputs too would only cost time: the bf16 weight
+            // is widened exactly and multiplied in f32.
+            _ if self.plan.bf16_products => {
+                (DType::BF16, if crate::ops::amx::available() { DType::BF16 } else { DType::F32 })
+            }
             Some(stored @ (DType::BF16 | DType::F16)) if self.plan.keep_stored_dtype => (stored, DType::F32),
             _ => return Ok(None),
         };

@@ -169,9 +169,9 @@ pub fn train_with(
     for n in notes {
         log(sink, n);
     }
-    // bf16 on the CPU: the frozen projections multiply in bf16 (on the AMX tile unit where the
-    // CPU has one) and everything else stays f32 (candle's bf16 CPU kernels widen to f32 on every
-    // call, and the fused f32 kernels cover every op of a step).
+    // bf16 on the CPU: the frozen projections are held in bf16 and multiply in bf16 on the AMX
+    // tile unit where the CPU has one (else in f32); everything else stays f32 (candle's bf16 CPU
+    // kernels widen to f32 on every call, and the fused f32 kernels cover every op of a step).
     let dtype = if dtype == DType::BF16
         && device.is_cpu()
         && cfg.method.kind != MethodKind::Full
@@ -181,11 +181,11 @@ pub fn train_with(
         log(
             sink,
             format!(
-                "bf16 on the CPU: frozen projections held in bf16 and multiplied in bf16 ({}), activations f32",
+                "bf16 on the CPU: frozen projections held in bf16 ({}), activations f32",
                 if crate::ops::amx::available() {
                     "AMX tile unit"
                 } else {
-                    "no AMX here: rounded operands, f32 products"
+                    "no AMX here: the bf16 weights widened, f32 products"
                 }
             ),
         );
