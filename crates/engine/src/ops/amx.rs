@@ -224,30 +224,90 @@ fn interleave_columns(w: &[u16], k: usize, c0: usize, out: &mut [u16]) {
     }
 }
 
-/// Every 32-column block of `w` (`n` × `k` bf16 bits) laid out by `interleave_columns`, one
-/// after the other: the input gradient's right operand prepared once, at load, for a weight
-/// that stays in memory. Rearranging it on every call cost a quarter to a half of the product.
-pub fn input_grad_panels(w: &[u16], n: usize, k: usize) -> Vec<u16> {
-    let mut out = vec![0u16; n * k];
-    let fill = |(cb, dst): (usize, &mut [u16])| interleave_columns(&w[..n * k], k, 2 * T * cb, dst);
-    if threads() > 1 {
-        use rayon::prelude::*;
-        out.par_chunks_mut(2 * T * n).enumerate().for_each(fill);
-    } else {
-        out.chunks_mut(2 * T * n).enumerate().for_each(fill);
-    }
-    out
+/// A weight held for bf16 products on the tile unit, laid out once (at load) for both products:
+/// rearranging it on every call cost a quarter to a half of each product. It replaces the
+/// row-major values, which [`Prepared::rows_into`] gives back.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Every 32-row block of W laid out by `pair_rows`: the forward's right operand.
+    forward: Vec<u16>,
+    /// Every 32-column block of W laid out by `interleave_columns`: the input gradient's.
+    input_grad: Vec<u16>,
+    k: usize,
 }
 
-/// The weight of an input gradient: `n` rows of W as stored, or their [`input_grad_panels`].
+impl Prepared {
+    /// Lays out `w` (`n` × `k` bf16 bits, both multiples of 32) for both products.
+    pub fn new(w: &[u16], n: usize, k: usize) -> Self {
+        assert!(fits(n, k) && w.len() >= n * k);
+        let w = &w[..n * k];
+        let mut forward = vec![0u16; n * k];
+        let mut input_grad = vec![0u16; n * k];
+        let rows = |(b, dst): (usize, &mut [u16])| pair_rows(&w[2 * T * b * k..2 * T * (b + 1) * k], k, dst);
+        let columns = |(cb, dst): (usize, &mut [u16])| interleave_columns(w, k, 2 * T * cb, dst);
+        if threads() > 1 {
+            use rayon::prelude::*;
+            forward.par_chunks_mut(2 * T * k).enumerate().for_each(rows);
+            input_grad.par_chunks_mut(2 * T * n).enumerate().for_each(columns);
+        } else {
+            forward.chunks_mut(2 * T * k).enumerate().for_each(rows);
+            input_grad.chunks_mut(2 * T * n).enumerate().for_each(columns);
+        }
+        Self { forward, input_grad, k }
+    }
+
+    /// Bytes held (both layouts).
+    pub fn bytes(&self) -> usize {
+        2 * (self.forward.len() + self.input_grad.len())
+    }
+
+    /// The bf16 bits of rows `r0..r0 + out.len() / k` in row-major order.
+    pub fn rows_into(&self, r0: usize, out: &mut [u16]) {
+        let k = self.k;
+        for (i, row) in out.chunks_exact_mut(k).enumerate() {
+            let r = r0 + i;
+            let half = &self.forward[(r / (2 * T)) * 2 * T * k + ((r / T) % 2) * T * k..][..T * k];
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = half[(c / 2) * 2 * T + 2 * (r % T) + c % 2];
+            }
+        }
+    }
+}
+
+/// 32 rows of W (`k` bf16 bits each) as the forward's right operand: for rows 0–15 then 16–31,
+/// `k/2` rows of 16 pairs `(W[r][2p], W[r][2p+1])`.
+fn pair_rows(w: &[u16], k: usize, out: &mut [u16]) {
+    for (i, row) in w.chunks_exact(k).take(2 * T).enumerate() {
+        let half = &mut out[(i / T) * T * k..][..T * k];
+        for (p, pair) in row.chunks_exact(2).enumerate() {
+            half[p * 2 * T + 2 * (i % T)] = pair[0];
+            half[p * 2 * T + 2 * (i % T) + 1] = pair[1];
+        }
+    }
+}
+
+/// `y[j][i] = Σ_c X[j][c] · W[i][c]` for a [`Prepared`] W of `n` rows and `xr` from
+/// [`pack_rows`] of X's `m` rows (`k` values each), into `y` with row stride `ld` (overwritten).
+pub fn forward_prepared(w: &Prepared, n: usize, xr: &[u16], m: usize, y: &mut [f32], ld: usize) {
+    let k = w.k;
+    assert!(fits(n, k) && w.forward.len() >= n * k && xr.len() >= m.div_ceil(2 * T) * 2 * T * k);
+    assert!(m == 0 || y.len() >= (m - 1) * ld + n);
+    let out = Shared(y.as_mut_ptr());
+    tasks(n / (2 * T), |b| {
+        let panel = &w.forward[2 * T * k * b..2 * T * k * (b + 1)];
+        run_task(xr, k, m, panel, k, out, ld, 2 * T * b, false);
+    });
+}
+
+/// The weight of an input gradient: `n` rows of W as stored, or [`Prepared`].
 #[derive(Clone, Copy)]
 pub enum Weight<'a> {
     Rows(&'a [u16]),
-    Panels(&'a [u16]),
+    Prepared(&'a Prepared),
 }
 
 /// `dx[m, k] (+)= g[:, n-range] · W` for `gp` from [`pack_rows`] (row stride `ldg`, starting at
-/// the first column of W's range) and `n` rows of W (`k` bf16 bits each); without `accumulate`
+/// the first column of W's range) and `n` rows of W (`k` values each); without `accumulate`
 /// dx is overwritten. Given W's rows, each task rearranges its 32 columns once, into a buffer
 /// that stays in its core's cache while every row block of `g` goes past.
 #[allow(clippy::too_many_arguments)]
@@ -261,15 +321,17 @@ pub fn backward(
     dx: &mut [f32],
     accumulate: bool,
 ) {
-    let (Weight::Rows(wv) | Weight::Panels(wv)) = w;
-    assert!(fits(n, k) && wv.len() >= n * k && dx.len() >= m * k);
+    let held = match w {
+        Weight::Rows(rows) => rows.len(),
+        Weight::Prepared(p) => p.input_grad.len(),
+    };
+    assert!(fits(n, k) && held >= n * k && dx.len() >= m * k);
     assert!(m == 0 || gp.len() >= (m.div_ceil(2 * T) * 2 * T - 1) * ldg + n);
     let out = Shared(dx.as_mut_ptr());
     tasks(k / (2 * T), |cb| {
-        let mut tile = [0f32; 4 * T * T];
         let own;
-        let pairs: &[u16] = match w {
-            Weight::Panels(p) => &p[2 * T * n * cb..2 * T * n * (cb + 1)],
+        let panel: &[u16] = match w {
+            Weight::Prepared(p) => &p.input_grad[2 * T * n * cb..2 * T * n * (cb + 1)],
             Weight::Rows(rows) => {
                 let mut p = vec![0u16; n * 2 * T];
                 interleave_columns(&rows[..n * k], k, 2 * T * cb, &mut p);
@@ -277,37 +339,57 @@ pub fn backward(
                 &own
             }
         };
-        let _tiles = imp::Tiles::configure();
-        for n0 in (0..n).step_by(KC) {
-            let nc = KC.min(n - n0);
-            let add = accumulate || n0 > 0;
-            for jp in 0..m.div_ceil(2 * T) {
-                let rows = (m - 2 * jp * T).min(2 * T);
-                let first = (2 * jp * T) * k + 2 * T * cb;
-                // SAFETY (here and the calls below): the A tiles read rows 32jp..32jp+32, columns
-                // n0..n0+nc of gp, the B tiles pair rows n0/2..(n0+nc)/2 of both halves of
-                // pairs, the C tiles rows 32jp..32jp+32 (all < m when the block is full),
-                // columns 32cb..32cb+32 of dx: inside the checked slices; only this task touches
-                // these columns of dx.
-                let (a, b) = unsafe { (gp.as_ptr().add(2 * jp * T * ldg + n0), pairs.as_ptr().add(T * n0)) };
-                if rows == 2 * T {
-                    unsafe { imp::block_gw(a, ldg, b, T * n, nc, out.at(first), k, add) };
-                    continue;
-                }
-                // A last, partial block of rows goes through `tile`.
-                tile.fill(0.0);
-                for r in (0..rows).filter(|_| add) {
-                    let src = unsafe { std::slice::from_raw_parts(out.at(first + r * k), 2 * T) };
-                    tile[r * 2 * T..(r + 1) * 2 * T].copy_from_slice(src);
-                }
-                unsafe { imp::block_gw(a, ldg, b, T * n, nc, tile.as_mut_ptr(), 2 * T, true) };
-                for r in 0..rows {
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out.at(first + r * k), 2 * T) };
-                    dst.copy_from_slice(&tile[r * 2 * T..(r + 1) * 2 * T]);
-                }
+        run_task(gp, ldg, m, panel, n, out, k, 2 * T * cb, accumulate);
+    });
+}
+
+/// One task: `out[:, c0..c0+32] (+)= A · panel` for `a` from [`pack_rows`] (rows `lda` apart,
+/// starting at the reduction's first column) of `m` rows, `panel` 32 columns of B laid out by
+/// `pair_rows` or `interleave_columns`, `reduce` values deep; without `accumulate` those
+/// columns of `out` are overwritten.
+#[allow(clippy::too_many_arguments)]
+fn run_task(
+    a: &[u16],
+    lda: usize,
+    m: usize,
+    panel: &[u16],
+    reduce: usize,
+    out: Shared,
+    ldc: usize,
+    c0: usize,
+    accumulate: bool,
+) {
+    let _tiles = imp::Tiles::configure();
+    let mut tile = [0f32; 4 * T * T];
+    for r0 in (0..reduce).step_by(KC) {
+        let rc = KC.min(reduce - r0);
+        let add = accumulate || r0 > 0;
+        for jp in 0..m.div_ceil(2 * T) {
+            let rows = (m - 2 * jp * T).min(2 * T);
+            let first = 2 * jp * T * ldc + c0;
+            // SAFETY (here and below): the A tiles read rows 32jp..32jp+32, columns r0..r0+rc of
+            // a (padded to whole blocks), the B tiles pair rows r0/2..(r0+rc)/2 of both halves of
+            // the panel (`T · reduce` values apart), the C tiles rows 32jp..32jp+32 (all < m when
+            // the block is full), columns c0..c0+32 of out: inside the slices the callers
+            // checked; only this task touches these columns of out.
+            let (pa, pb) = unsafe { (a.as_ptr().add(2 * jp * T * lda + r0), panel.as_ptr().add(T * r0)) };
+            if rows == 2 * T {
+                unsafe { imp::block_gw(pa, lda, pb, T * reduce, rc, out.at(first), ldc, add) };
+                continue;
+            }
+            // A last, partial block of rows goes through `tile`.
+            tile.fill(0.0);
+            for r in (0..rows).filter(|_| add) {
+                let src = unsafe { std::slice::from_raw_parts(out.at(first + r * ldc), 2 * T) };
+                tile[r * 2 * T..(r + 1) * 2 * T].copy_from_slice(src);
+            }
+            unsafe { imp::block_gw(pa, lda, pb, T * reduce, rc, tile.as_mut_ptr(), 2 * T, true) };
+            for r in 0..rows {
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.at(first + r * ldc), 2 * T) };
+                dst.copy_from_slice(&tile[r * 2 * T..(r + 1) * 2 * T]);
             }
         }
-    });
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -672,10 +754,17 @@ mod tests {
             let before = values(m * k, 4);
             let want: Vec<f64> = want.iter().zip(&before).map(|(w, b)| w - *b as f64).collect();
             assert!(rel(&fresh, &want) < 1e-5, "overwriting backward {m}x{n}x{k}: {}", rel(&fresh, &want));
-            // The panels prepared once give the same numbers.
+            // The layouts prepared once give the same numbers, and the rows back.
+            let prepared = Prepared::new(&wb, n, k);
             let mut again = vec![f32::NAN; m * k];
-            backward(&gp, n, m, Weight::Panels(&input_grad_panels(&wb, n, k)), n, k, &mut again, false);
-            assert_eq!(again, fresh, "prepared panels {m}x{n}x{k}");
+            backward(&gp, n, m, Weight::Prepared(&prepared), n, k, &mut again, false);
+            assert_eq!(again, fresh, "prepared input gradient {m}x{n}x{k}");
+            let mut y2 = vec![7f32; m * ld];
+            forward_prepared(&prepared, n, &pack_rows(&x, m, k), m, &mut y2, ld);
+            assert_eq!(y2, y, "prepared forward {m}x{n}x{k}");
+            let mut rows = vec![0u16; 3 * k];
+            prepared.rows_into(n - 3, &mut rows);
+            assert_eq!(rows, wb[(n - 3) * k..], "rows from the prepared layout");
         }
     }
 

@@ -12,10 +12,10 @@ use half::{bf16, f16};
 pub struct HalfRows {
     pub dtype: DType,
     pub cols: usize,
+    /// Row-major; empty once the values are held `prepared` instead.
     pub bits: Vec<u16>,
-    /// The same bf16 values laid out for the AMX input gradient
-    /// ([`crate::ops::amx::input_grad_panels`]), when bf16 products run on the tile unit.
-    pub panels: Option<Vec<u16>>,
+    /// The same bf16 values laid out for bf16 products on the AMX tile unit.
+    pub prepared: Option<crate::ops::amx::Prepared>,
 }
 
 impl HalfRows {
@@ -28,15 +28,21 @@ impl HalfRows {
             DType::F16 => flat.to_vec1::<f16>()?.into_iter().map(f16::to_bits).collect(),
             _ => return Ok(None),
         };
-        Ok(Some(Self { dtype: t.dtype(), cols, bits, panels: None }))
+        Ok(Some(Self { dtype: t.dtype(), cols, bits, prepared: None }))
     }
 
     pub fn bytes(&self) -> usize {
-        (self.bits.len() + self.panels.as_ref().map_or(0, Vec::len)) * 2
+        self.bits.len() * 2 + self.prepared.as_ref().map_or(0, |p| p.bytes())
     }
 
     /// Widens rows `[r0, r0 + out.len() / cols)` to f32 (exact).
     pub fn dequantize_rows_into(&self, r0: usize, out: &mut [f32]) {
+        if let Some(p) = &self.prepared {
+            let mut bits = vec![0u16; out.len()];
+            p.rows_into(r0, &mut bits);
+            out.iter_mut().zip(&bits).for_each(|(o, &b)| *o = f32::from_bits((b as u32) << 16));
+            return;
+        }
         let src = &self.bits[r0 * self.cols..r0 * self.cols + out.len()];
         match self.dtype {
             // bf16 is the top half of an f32: a shift (vectorised by the compiler).

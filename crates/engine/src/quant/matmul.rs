@@ -159,9 +159,20 @@ fn quant_matmul_amx(
     let through_scratch = accumulate && !transpose;
     let mut scratch = if through_scratch { zeroed(m * n) } else { Vec::new() };
     let dst: &mut [f32] = if through_scratch { &mut scratch } else { y };
-    let (stored, panels) = match &w.format {
-        QuantFormat::Half(h) if h.dtype == DType::BF16 => (Some(&h.bits), h.panels.as_deref()),
-        _ => (None, None),
+    if let QuantFormat::Half(h) = &w.format
+        && let Some(p) = &h.prepared
+    {
+        let packed = amx::pack_rows(x, m, if transpose { n } else { k });
+        if transpose {
+            amx::backward(&packed, n, m, amx::Weight::Prepared(p), n, k, dst, accumulate);
+        } else {
+            amx::forward_prepared(p, n, &packed, m, dst, n);
+        }
+        return add_scratch(through_scratch, y, &scratch);
+    }
+    let stored = match &w.format {
+        QuantFormat::Half(h) if h.dtype == DType::BF16 => Some(&h.bits),
+        _ => None,
     };
     // A base stored in bf16 goes in one piece; other formats are widened a chunk at a time.
     let rows = match stored {
@@ -183,23 +194,24 @@ fn quant_matmul_amx(
             }
         };
         if transpose {
-            let weight = match panels {
-                Some(p) if r == n => amx::Weight::Panels(p),
-                _ => amx::Weight::Rows(chunk),
-            };
-            amx::backward(&packed[r0..], n, m, weight, r, k, dst, accumulate || r0 > 0);
+            amx::backward(&packed[r0..], n, m, amx::Weight::Rows(chunk), r, k, dst, accumulate || r0 > 0);
         } else {
             amx::forward(chunk, r, k, &packed, m, &mut dst[r0..], n);
         }
         r0 += r;
     }
+    add_scratch(through_scratch, y, &scratch)
+}
+
+/// `y += scratch` when the product went through a scratch buffer.
+fn add_scratch(through_scratch: bool, y: &mut [f32], scratch: &[f32]) -> Result<()> {
     if through_scratch {
         let add = |(a, b): (&mut [f32], &[f32])| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
         if threads() > 1 {
             use rayon::prelude::*;
             y.par_chunks_mut(ELEMENTS_PER_TASK).zip(scratch.par_chunks(ELEMENTS_PER_TASK)).for_each(add);
         } else {
-            add((y, &scratch));
+            add((y, scratch));
         }
     }
     Ok(())
