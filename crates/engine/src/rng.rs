@@ -38,6 +38,12 @@ impl Rng {
         mix(self.state)
     }
 
+    /// What the `i`-th [`Self::next_u64`] from here (counting from 0) returns, without drawing:
+    /// SplitMix64 is counter-based, so any part of a stream can be drawn on its own (in parallel).
+    pub fn nth_u64(&self, i: u64) -> u64 {
+        mix(self.state.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+    }
+
     /// Uniform in [0, 1).
     pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)

@@ -3,7 +3,10 @@
 //! are recomputed), so an adapted projection costs one activation instead of five, and its
 //! backward returns dL/dx, dL/dA and dL/dB — never a gradient for the frozen base.
 
-use super::cpu::{Mat, sgemm_par, slice, with_f32, with_last_dim, zeroed};
+use super::bitmask;
+use super::cpu::{
+    ELEMENTS_PER_TASK, Mat, par_chunks, sgemm_par, slice, threads, with_f32, with_last_dim, zeroed,
+};
 use crate::rng::Rng;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use std::sync::Arc;
@@ -63,16 +66,69 @@ pub struct DropoutSpec {
 }
 
 impl DropoutSpec {
+    /// The mask: 0 where dropped, `1 / (1 - p)` where kept.
     pub fn mask(&self, n: usize) -> Vec<f32> {
-        let mut rng = Rng::stream(self.seed, &self.keys);
-        dropout_mask(n, self.p, &mut rng)
+        let scale = keep_scale(self.p);
+        let mut out = vec![0f32; n];
+        self.each(&mut out, |_, kept, o| *o = if kept { scale } else { 0.0 });
+        out
     }
 
     /// The same draw as [`Self::mask`] as one byte per element: 1 where kept, 0 where dropped.
     pub fn kept(&self, n: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(n);
-        draw_keeps(n, self.p, &mut Rng::stream(self.seed, &self.keys), |kept| out.push(u8::from(kept)));
+        let mut out = vec![0u8; n];
+        self.each(&mut out, |_, kept, o| *o = u8::from(kept));
         out
+    }
+
+    /// The same draw as one bit per element (bit `i % 64` of word `i / 64`, set where kept):
+    /// what the fused CPU op keeps from its forward for its backward.
+    pub(crate) fn keep_bits(&self, n: usize) -> Vec<u64> {
+        let rng = Rng::stream(self.seed, &self.keys);
+        let threshold = (self.p * 65536.0).round() as u64;
+        let mut bits = vec![0u64; n.div_ceil(64)];
+        let fill = |(b, word): (usize, &mut u64)| {
+            let mut v = 0u64;
+            for w in 0..16 {
+                let r = rng.nth_u64((16 * b + w) as u64);
+                for k in 0..4 {
+                    v |= u64::from((r >> (16 * k)) & 0xffff >= threshold) << (4 * w + k);
+                }
+            }
+            *word = v;
+        };
+        if threads() > 1 && bits.len() > 256 {
+            use rayon::prelude::*;
+            bits.par_iter_mut().enumerate().with_min_len(256).for_each(fill);
+        } else {
+            bits.iter_mut().enumerate().for_each(fill);
+        }
+        bits
+    }
+
+    /// Runs `f(i, kept, &mut out[i])` for every element, across the kernel pool for large
+    /// buffers. Element i's fate is 16 bits of word i / 4 of the stream (as [`draw_keeps`] draws
+    /// them), and the stream is counter-based ([`Rng::nth_u64`]), so every chunk draws its own
+    /// words: drawing a mask element by element on one thread was a fifth of a LoRA step.
+    fn each<T: Send>(&self, out: &mut [T], f: impl Fn(usize, bool, &mut T) + Sync + Send) {
+        let rng = Rng::stream(self.seed, &self.keys);
+        let threshold = (self.p * 65536.0).round() as u64;
+        let run = |first: usize, chunk: &mut [T]| {
+            for (w, group) in chunk.chunks_mut(4).enumerate() {
+                let word = rng.nth_u64((first / 4 + w) as u64);
+                for (k, o) in group.iter_mut().enumerate() {
+                    f(first + 4 * w + k, (word >> (16 * k)) & 0xffff >= threshold, o);
+                }
+            }
+        };
+        // A multiple of 4, so every chunk starts at a word.
+        let chunk = ELEMENTS_PER_TASK;
+        if threads() > 1 && out.len() > chunk {
+            use rayon::prelude::*;
+            out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| run(i * chunk, c));
+        } else {
+            run(0, out);
+        }
     }
 
     /// What a kept element is multiplied by, as [`Self::mask`] has it.
@@ -131,7 +187,13 @@ pub fn lora_linear(
     x.contiguous()?.apply_op3(
         &a.contiguous()?,
         &b.contiguous()?,
-        LoraOp { base, scale: scale as f32, dropout, xa: std::sync::Mutex::new(None) },
+        LoraOp {
+            base,
+            scale: scale as f32,
+            dropout,
+            xa: std::sync::Mutex::new(None),
+            kept: std::sync::Mutex::new(None),
+        },
     )
 }
 
@@ -142,32 +204,52 @@ struct LoraOp {
     /// `dropout(x) · Aᵀ` (`[m, r]`, a few KiB) from the forward, for the backward's `dL/dB`:
     /// recomputing it read all of `x` once more per adapted projection.
     xa: std::sync::Mutex<Option<Vec<f32>>>,
+    /// The forward's dropout mask as bits (`x`'s size / 32): drawing it again twice in the
+    /// backward was most of what dropout cost.
+    kept: std::sync::Mutex<Option<Vec<u64>>>,
 }
 
 impl LoraOp {
-    /// `x` with the dropout mask applied (borrowed when there is no dropout).
-    fn dropped<'a>(&self, x: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
-        match &self.dropout {
-            Some(d) if d.p > 0.0 => {
-                let mask = d.mask(x.len());
-                std::borrow::Cow::Owned(x.iter().zip(&mask).map(|(a, b)| a * b).collect())
-            }
-            _ => std::borrow::Cow::Borrowed(x),
-        }
+    /// The dropout mask for `n` elements as bits: the forward's when it kept one (taken, so it
+    /// is freed after this backward), else drawn; `None` without dropout.
+    fn mask_bits(&self, n: usize, from_forward: bool) -> Option<Vec<u64>> {
+        let d = self.dropout.filter(|d| d.p > 0.0)?;
+        let kept = from_forward.then(|| self.kept.lock().ok().and_then(|mut k| k.take())).flatten();
+        Some(kept.filter(|b| b.len() == n.div_ceil(64)).unwrap_or_else(|| d.keep_bits(n)))
+    }
+
+    /// `x` with the dropout mask (`bits`) applied; `x` itself without dropout.
+    fn dropped<'a>(&self, x: &'a [f32], bits: Option<&[u64]>) -> std::borrow::Cow<'a, [f32]> {
+        let (Some(d), Some(bits)) = (&self.dropout, bits) else { return std::borrow::Cow::Borrowed(x) };
+        let scale = keep_scale(d.p);
+        let mut out = vec![0f32; x.len()];
+        par_chunks(&mut out, ELEMENTS_PER_TASK, |i0, chunk| {
+            bitmask::scaled(bits, i0, &x[i0..i0 + chunk.len()], scale, chunk)
+        });
+        std::borrow::Cow::Owned(out)
     }
 
     /// `dL/dx = dY · W + scale · (g · A) ⊙ mask`, with `g = dY · B` `[m, r]`.
-    fn input_grad(&self, dy: &[f32], g: &[f32], a: &[f32], m: usize) -> Result<Vec<f32>> {
+    fn input_grad(
+        &self,
+        dy: &[f32],
+        g: &[f32],
+        a: &[f32],
+        m: usize,
+        bits: Option<&[u64]>,
+    ) -> Result<Vec<f32>> {
         let (k, _) = self.base.dims();
         let r = g.len() / m.max(1);
         let mut dx = zeroed(m * k);
         self.base.backward_into(dy, m, &mut dx, false)?;
-        match &self.dropout {
-            Some(d) if d.p > 0.0 => {
+        match (&self.dropout, bits) {
+            (Some(d), Some(bits)) => {
                 let mut t = zeroed(m * k);
                 sgemm_par(m, k, r, Mat::rows(g, r), Mat::rows(a, k), &mut t, false, self.scale);
-                let mask = d.mask(m * k);
-                dx.iter_mut().zip(t.iter().zip(&mask)).for_each(|(o, (t, mk))| *o += t * mk);
+                let scale = keep_scale(d.p);
+                par_chunks(&mut dx, ELEMENTS_PER_TASK, |i0, chunk| {
+                    bitmask::add_scaled(bits, i0, &t[i0..i0 + chunk.len()], scale, chunk)
+                });
             }
             _ => sgemm_par(m, k, r, Mat::rows(g, r), Mat::rows(a, k), &mut dx, true, self.scale),
         }
@@ -195,12 +277,16 @@ impl CustomOp3 for LoraOp {
         let m = x.len() / k;
         let mut out = zeroed(m * n);
         self.base.forward_into(x, m, &mut out)?;
-        let xd = self.dropped(x);
+        let bits = self.mask_bits(x.len(), false);
+        let xd = self.dropped(x, bits.as_deref());
         let mut xa = vec![0f32; m * r];
         sgemm_par(m, r, k, Mat::rows(&xd, k), Mat::rows_t(a, k), &mut xa, false, 1.0);
         sgemm_par(m, n, r, Mat::rows(&xa, r), Mat::rows_t(b, r), &mut out, true, self.scale);
         if let Ok(mut kept) = self.xa.lock() {
             *kept = Some(xa);
+        }
+        if let Ok(mut kept) = self.kept.lock() {
+            *kept = bits;
         }
         Ok((CpuStorage::F32(out), with_last_dim(xl.dims(), n)))
     }
@@ -225,8 +311,13 @@ impl CustomOp3 for LoraOp {
                         // g = dY · B   [m, r]
                         let mut g = vec![0f32; m * r];
                         sgemm_par(m, r, n, Mat::rows(dy, n), Mat::rows(b, r), &mut g, false, 1.0);
-                        let xd = self.dropped(x);
-                        let dx = if x_needs_grad { Some(self.input_grad(dy, &g, a, m)?) } else { None };
+                        let bits = self.mask_bits(x.len(), true);
+                        let xd = self.dropped(x, bits.as_deref());
+                        let dx = if x_needs_grad {
+                            Some(self.input_grad(dy, &g, a, m, bits.as_deref())?)
+                        } else {
+                            None
+                        };
                         // dA = scale · gᵀ · xd   [r, k]
                         let mut da = vec![0f32; r * k];
                         sgemm_par(r, k, m, Mat::rows_t(&g, r), Mat::rows(&xd, k), &mut da, false, self.scale);
@@ -279,6 +370,27 @@ mod tests {
             None => x.clone(),
         };
         base + (xd.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * scale)?
+    }
+
+    #[test]
+    fn the_parallel_draw_is_the_sequential_stream() {
+        crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(Some(3)));
+        for (p, n) in [(0.05, 3 * ELEMENTS_PER_TASK + 7), (0.5, 13)] {
+            let d = DropoutSpec { p, seed: 5, keys: [7, 8, 9] };
+            let sequential = dropout_mask(n, p, &mut Rng::stream(d.seed, &d.keys));
+            assert_eq!(d.mask(n), sequential, "p {p}, n {n}");
+        }
+        crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(None));
+    }
+
+    #[test]
+    fn kept_bits_are_the_mask_drawn_again() {
+        for (p, n) in [(0.05, 1003), (0.5, 64), (0.9, 7)] {
+            let d = DropoutSpec { p, seed: 11, keys: [4, 5, 6] };
+            let bits = d.keep_bits(n);
+            let from_bits: Vec<u8> = (0..n).map(|i| (bits[i / 64] >> (i % 64) & 1) as u8).collect();
+            assert_eq!(from_bits, d.kept(n), "p {p}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod amx;
 mod attention;
 mod attention_off_cpu;
+mod bitmask;
 pub mod blas;
 pub(crate) mod cpu;
 mod cross_entropy;
