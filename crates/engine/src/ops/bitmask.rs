@@ -3,19 +3,9 @@
 //! a scalar loop. Testing each element's bit one at a time was a sixth of a LoRA step with the
 //! default dropout.
 
+use super::vexp::avx512;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
-
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
 
 #[inline]
 fn bit(bits: &[u64], i: usize) -> bool {

@@ -207,17 +207,20 @@ fn pick_blas(m: usize, n: usize, b: &Mat) -> Option<&'static Blas> {
 /// The narrowest column block a task gets when a product is split across the pool.
 const MIN_BLOCK_COLUMNS: usize = 64;
 
-/// A destination pointer shared by tasks that write disjoint column blocks.
+/// A destination pointer shared by tasks that write disjoint parts of it (column blocks here,
+/// and in the AMX products).
 #[derive(Clone, Copy)]
-struct Columns(*mut f32);
-// SAFETY: each task writes only its own columns of the destination (see `blas_in_column_blocks`).
-unsafe impl Send for Columns {}
-unsafe impl Sync for Columns {}
+pub(crate) struct Shared(pub(crate) *mut f32);
+// SAFETY: every user has each task write only its own part of the destination (see
+// `blas_in_column_blocks` and `amx`).
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
 
-impl Columns {
-    /// The destination from column `j` on (by value, so closures capture the `Sync` wrapper).
-    fn at_column(self, j: usize) -> *mut f32 {
-        self.0.wrapping_add(j)
+impl Shared {
+    /// The destination from element `offset` on (by value, so closures capture the `Sync`
+    /// wrapper, not the field).
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
     }
 }
 
@@ -241,7 +244,7 @@ unsafe fn blas_in_column_blocks(
     if !blas.fits((m, n, k), oa, ob, ldc) {
         return false;
     }
-    let (a_ptr, b_ptr, c_ptr) = (a.data.as_ptr() as usize, b.data.as_ptr() as usize, Columns(c.as_mut_ptr()));
+    let (a_ptr, b_ptr, c_ptr) = (a.data.as_ptr() as usize, b.data.as_ptr() as usize, Shared(c.as_mut_ptr()));
     in_column_blocks(n, tasks, |j0, j1| {
         // SAFETY: columns [j0, j1) of b start `j0` columns (j0 · cs elements) in, those of c `j0`
         // elements in; both stay inside the operands the caller vouched for, and no other task
@@ -253,7 +256,7 @@ unsafe fn blas_in_column_blocks(
                 oa,
                 (b_ptr as *const f32).add(j0 * b.cs),
                 ob,
-                (c_ptr.at_column(j0), ldc),
+                (c_ptr.at(j0), ldc),
                 accumulate,
                 alpha,
             )
@@ -307,7 +310,7 @@ fn sgemm_with(
     // The gemm crate's own threading packs the right operand on the calling thread while the
     // pool waits (3 % of a 2-thread LoRA step); column blocks pack their own columns in parallel.
     let par = if tasks > 1 { gemm::Parallelism::None } else { par };
-    let (a_ptr, b_ptr, c_ptr) = (a.data.as_ptr() as usize, b.data.as_ptr() as usize, Columns(c.as_mut_ptr()));
+    let (a_ptr, b_ptr, c_ptr) = (a.data.as_ptr() as usize, b.data.as_ptr() as usize, Shared(c.as_mut_ptr()));
     in_column_blocks(n, tasks, |j0, j1| {
         // SAFETY: the asserts above keep every access inside the slices (the destination's rows
         // start every `ldc` and hold `n` values; columns [j0, j1) of b start j0 · cs elements in,
@@ -318,7 +321,7 @@ fn sgemm_with(
                 m,
                 j1 - j0,
                 k,
-                c_ptr.at_column(j0),
+                c_ptr.at(j0),
                 1,
                 ldc as isize,
                 accumulate,

@@ -85,14 +85,14 @@ impl DropoutSpec {
     /// what the fused CPU op keeps from its forward for its backward.
     pub(crate) fn keep_bits(&self, n: usize) -> Vec<u64> {
         let rng = Rng::stream(self.seed, &self.keys);
-        let threshold = (self.p * 65536.0).round() as u64;
+        let threshold = threshold(self.p);
         let mut bits = vec![0u64; n.div_ceil(64)];
         let fill = |(b, word): (usize, &mut u64)| {
             let mut v = 0u64;
             for w in 0..16 {
                 let r = rng.nth_u64((16 * b + w) as u64);
                 for k in 0..4 {
-                    v |= u64::from((r >> (16 * k)) & 0xffff >= threshold) << (4 * w + k);
+                    v |= u64::from(survives(r, k, threshold)) << (4 * w + k);
                 }
             }
             *word = v;
@@ -112,12 +112,12 @@ impl DropoutSpec {
     /// words: drawing a mask element by element on one thread was a fifth of a LoRA step.
     fn each<T: Send>(&self, out: &mut [T], f: impl Fn(usize, bool, &mut T) + Sync + Send) {
         let rng = Rng::stream(self.seed, &self.keys);
-        let threshold = (self.p * 65536.0).round() as u64;
+        let threshold = threshold(self.p);
         let run = |first: usize, chunk: &mut [T]| {
             for (w, group) in chunk.chunks_mut(4).enumerate() {
                 let word = rng.nth_u64((first / 4 + w) as u64);
                 for (k, o) in group.iter_mut().enumerate() {
-                    f(first + 4 * w + k, (word >> (16 * k)) & 0xffff >= threshold, o);
+                    f(first + 4 * w + k, survives(word, k, threshold), o);
                 }
             }
         };
@@ -141,16 +141,27 @@ fn keep_scale(p: f64) -> f32 {
     (1.0 / (1.0 - p)) as f32
 }
 
+/// Elements whose 16 random bits fall below this are dropped (dropout `p`).
+fn threshold(p: f64) -> u64 {
+    (p * 65536.0).round() as u64
+}
+
+/// Whether element `k` (0–3) of a random word survives: its 16 bits against [`threshold`].
+#[inline]
+fn survives(word: u64, k: usize, threshold: u64) -> bool {
+    (word >> (16 * k)) & 0xffff >= threshold
+}
+
 /// Calls `keep` for each of `n` elements with whether it survives dropout `p`: 16 random bits
 /// per element, dropped below `p · 65536`.
 fn draw_keeps(n: usize, p: f64, rng: &mut Rng, mut keep: impl FnMut(bool)) {
-    let threshold = (p * 65536.0).round() as u64;
+    let threshold = threshold(p);
     let mut left = n;
     while left > 0 {
         let r = rng.next_u64();
         let here = left.min(4);
         for k in 0..here {
-            keep((r >> (16 * k)) & 0xffff >= threshold);
+            keep(survives(r, k, threshold));
         }
         left -= here;
     }

@@ -10,7 +10,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-fn avx512() -> bool {
+/// Whether the CPU runs AVX-512F (the vector loops here and in [`super::bitmask`]).
+pub(crate) fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx512f")

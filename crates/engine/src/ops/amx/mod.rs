@@ -19,7 +19,7 @@ mod tiles;
 
 pub use layout::{Prepared, bf16_bits, convert, convert_into, pack_rows, pack_x};
 
-use super::cpu::threads;
+use super::cpu::{Shared, threads};
 use layout::interleave_columns;
 use tiles as imp;
 
@@ -36,20 +36,6 @@ pub fn available() -> bool {
 /// Whether a `[n, k]` weight fits these kernels (whole 32×32 blocks).
 pub fn fits(n: usize, k: usize) -> bool {
     n > 0 && k > 0 && n.is_multiple_of(2 * T) && k.is_multiple_of(2 * T)
-}
-
-/// A destination shared by tasks that write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: every task writes only its own block of columns (see the callers).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    /// The pointer, taken by value so closures capture the `Sync` wrapper, not the field.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 /// Runs `task(i)` for `i` in `0..n`, across the kernel pool when there are several threads.
