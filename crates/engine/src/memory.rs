@@ -197,11 +197,14 @@ pub fn options_for(cfg: &TrainConfig, method: MethodKind, default_targets: &[&st
         }
         other => dtype_bytes(other),
     };
-    // bf16 on the CPU (LoRA, QLoRA): frozen projections in bf16, everything else f32.
-    let cpu_bf16_products =
-        cfg.model.device == "cpu" && cfg.model.dtype == "bf16" && method != MethodKind::Full;
+    // bf16 on the CPU: activations f32; LoRA and QLoRA hold their frozen projections in bf16
+    // and everything else in f32, full fine-tuning trains projections and embeddings in bf16.
+    let cpu_bf16 = cfg.model.device == "cpu" && cfg.model.dtype == "bf16";
+    let cpu_bf16_products = cpu_bf16 && method != MethodKind::Full;
     let weight_bytes = if cpu_bf16_products { 4 } else { weight_bytes };
-    let activation_bytes = if method == MethodKind::Qlora && !cpu_bf16_products {
+    let activation_bytes = if cpu_bf16 {
+        4
+    } else if method == MethodKind::Qlora {
         dtype_bytes(&cfg.quant.compute_dtype)
     } else {
         weight_bytes
@@ -384,9 +387,13 @@ mod tests {
         cfg.model.frozen_dtype = "stored".into();
         assert_eq!(options_for(&cfg, MethodKind::Lora, &[]).frozen_projection_bytes, Some(2));
         cfg.model.frozen_dtype = "compute".into();
-        // Full fine-tuning on the CPU in bf16 computes in bf16 throughout.
+        // Full fine-tuning on the CPU in bf16 trains bf16 weights under f32 activations.
         let full = options_for(&cfg, MethodKind::Full, &[]);
-        assert_eq!((full.weight_bytes, full.frozen_projection_bytes, full.activation_bytes), (2, None, 2));
+        assert_eq!((full.weight_bytes, full.frozen_projection_bytes, full.activation_bytes), (2, None, 4));
+        // On a GPU bf16 is bf16 throughout.
+        cfg.model.device = "cuda".into();
+        let full = options_for(&cfg, MethodKind::Full, &[]);
+        assert_eq!((full.weight_bytes, full.activation_bytes), (2, 2));
     }
 
     #[test]

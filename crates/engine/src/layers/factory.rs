@@ -51,7 +51,8 @@ pub struct AdapterPlan {
     pub keep_stored_dtype: bool,
     /// Hold every frozen projection in bf16 and multiply in bf16 (f32 accumulation, on the AMX
     /// tile unit where the CPU has one) while activations stay f32: `model.dtype = "bf16"` for
-    /// a LoRA or QLoRA run on the CPU.
+    /// a LoRA or QLoRA run on the CPU. In full fine-tuning the projections and embeddings are
+    /// trained in bf16 the same way ([`LayerFactory::weight_dtype`]).
     pub bf16_products: bool,
 }
 
@@ -193,6 +194,13 @@ impl LayerFactory {
         self.plan.method == MethodKind::Full
     }
 
+    /// The dtype projection and embedding weights are held in: the activations' dtype, except
+    /// for full fine-tuning with bf16 products on the CPU, which trains them in bf16 while
+    /// activations (and norms, biases) stay f32.
+    pub fn weight_dtype(&self) -> DType {
+        if self.full() && self.plan.bf16_products { DType::BF16 } else { self.dtype }
+    }
+
     /// Loads a tensor with the expected shape in the given dtype.
     pub fn tensor(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         self.weights.load_shaped(name, shape, dtype, &self.device)
@@ -214,7 +222,7 @@ impl LayerFactory {
         if let Some(base) = self.half_base(path, in_dim, out_dim, b.clone())? {
             return self.wrap(path, base);
         }
-        let w = self.tensor(&format!("{path}.weight"), &[out_dim, in_dim], self.dtype)?;
+        let w = self.tensor(&format!("{path}.weight"), &[out_dim, in_dim], self.weight_dtype())?;
         self.linear_from(path, w, b)
     }
 
@@ -256,7 +264,7 @@ impl LayerFactory {
 
     /// The output head (`lm_head`): adapted only when a target names it.
     pub fn output_head(&self, path: &str, in_dim: usize, out_dim: usize) -> Result<Box<dyn Linear>> {
-        let w = self.tensor(&format!("{path}.weight"), &[out_dim, in_dim], self.dtype)?;
+        let w = self.tensor(&format!("{path}.weight"), &[out_dim, in_dim], self.weight_dtype())?;
         let base: Box<dyn Linear> = if self.full() {
             Box::new(DenseLinear::trainable(w, None)?)
         } else {
@@ -268,7 +276,7 @@ impl LayerFactory {
     /// A projection from an already-loaded (e.g. transposed or split) weight `[out, in]`.
     pub fn linear_from(&self, path: &str, weight: Tensor, bias: Option<Tensor>) -> Result<Box<dyn Linear>> {
         let base: Box<dyn Linear> = if self.full() {
-            Box::new(DenseLinear::trainable(weight, bias)?)
+            Box::new(DenseLinear::trainable(weight.to_dtype(self.weight_dtype())?, bias)?)
         } else if let Some(spec) = self.quant_spec()? {
             let q = QuantWeight::quantize_tensor(&weight, &spec)?;
             drop(weight);

@@ -63,7 +63,7 @@ pub(crate) fn softcap(x: Tensor, cap: Option<f64>) -> candle_core::Result<Tensor
 impl CausalLm {
     pub fn build(spec: ArchSpec, dims: ModelDims, f: &LayerFactory) -> Result<Self> {
         let (v, h) = (dims.vocab, dims.hidden);
-        let embed = f.param(&format!("{}.weight", spec.names.embed), &[v, h], f.dtype)?;
+        let embed = f.param(&format!("{}.weight", spec.names.embed), &[v, h], f.weight_dtype())?;
         let embed_norm = match spec.names.embed_norm {
             "" => None,
             name => Some(Norm::load(f, spec.norm, name, h, dims.norm_eps, dims.norm_bias)?),
@@ -129,6 +129,8 @@ impl CausalLm {
     ) -> candle_core::Result<Tensor> {
         let idx = Tensor::from_slice(ids, ids.len(), &self.device)?;
         let mut x = self.embed.tensor().index_select(&idx, 0)?.reshape((batch, seq, self.dims.hidden))?;
+        // Embeddings trained in bf16 under f32 activations (full fine-tuning in bf16 on the CPU).
+        x = x.to_dtype(self.dtype)?;
         if let Some(s) = self.dims.embed_scale {
             x = (x * s)?;
         }

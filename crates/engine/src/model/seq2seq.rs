@@ -451,7 +451,7 @@ pub struct Seq2SeqLm {
 impl Seq2SeqLm {
     pub fn build(spec: Seq2SeqSpec, dims: Seq2SeqDims, f: &LayerFactory) -> Result<Self> {
         let (v, h) = (dims.vocab, dims.hidden);
-        let shared = f.param(&format!("{}.weight", spec.shared), &[v, h], f.dtype)?;
+        let shared = f.param(&format!("{}.weight", spec.shared), &[v, h], f.weight_dtype())?;
         let encoder = Stack::load(f, &spec, &dims, &spec.encoder, dims.encoder_layers, false)?;
         let decoder = Stack::load(f, &spec, &dims, &spec.decoder, dims.decoder_layers, true)?;
         let head_name = format!("{}.weight", spec.lm_head);
@@ -483,6 +483,7 @@ impl Seq2SeqLm {
     fn embed(&self, ids: &[u32], batch: usize, seq: usize) -> candle_core::Result<Tensor> {
         let idx = Tensor::from_slice(ids, ids.len(), &self.device)?;
         let x = self.shared.tensor().index_select(&idx, 0)?.reshape((batch, seq, self.dims.hidden))?;
+        let x = x.to_dtype(self.dtype)?;
         match self.dims.embed_scale {
             Some(s) => x * s,
             None => Ok(x),

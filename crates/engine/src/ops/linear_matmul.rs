@@ -1,11 +1,14 @@
 //! `x · Wᵀ` for a trainable weight (full fine-tuning): on the CPU in f32 the forward and both
 //! backward products (dL/dx = g · W, dL/dW = gᵀ · x) run through the tuned product of
-//! [`super::cpu`] (a BLAS when there is one) instead of candle's matmul; elsewhere it is candle's
-//! own differentiable matmul.
+//! [`super::cpu`] (a BLAS when there is one) instead of candle's matmul, and dL/dW goes to
+//! [`super::weight_grads`] rather than through candle's store; elsewhere it is candle's
+//! own differentiable matmul. A bf16 weight with f32 activations on the CPU (full fine-tuning in
+//! bf16) goes through [`super::linear_bf16`].
 
 use super::cpu::{Mat, gw, sgemm_par, slice, with_f32, with_last_dim, xwt, zeroed};
-use super::use_cpu_kernels;
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use super::linear_bf16::linear_bf16;
+use super::{cpu_kernels_enabled, use_cpu_kernels};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 
 /// `x · wᵀ` with `w` `[out, in]` trainable; `x` may have any leading dimensions.
 pub fn linear_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -14,6 +17,9 @@ pub fn linear_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let x_in = dims.last().copied().unwrap_or(0);
     if x_in != in_dim {
         bail!("linear matmul: input has {x_in} features, weight expects {in_dim}");
+    }
+    if x.dtype() == DType::F32 && w.dtype() == DType::BF16 && x.device().is_cpu() && cpu_kernels_enabled() {
+        return linear_bf16(x, w);
     }
     let x = if x.dtype() != w.dtype() { x.to_dtype(w.dtype())? } else { x.clone() };
     if use_cpu_kernels(&x) && use_cpu_kernels(w) {
@@ -67,10 +73,8 @@ impl CustomOp2 for LinearMatmul {
             })
         })?;
         let dev = x.device();
-        Ok((
-            dx.map(|d| Tensor::from_vec(d, x.shape(), dev)).transpose()?,
-            Some(Tensor::from_vec(dw, w.shape(), dev)?),
-        ))
+        super::weight_grads::deposit(w, Tensor::from_vec(dw, w.shape(), dev)?)?;
+        Ok((dx.map(|d| Tensor::from_vec(d, x.shape(), dev)).transpose()?, None))
     }
 }
 
@@ -92,9 +96,13 @@ mod tests {
         let probe = randn(&[2, 3, 4], 3, &dev)?;
         let grads = (y * &probe)?.sum_all()?.backward()?;
         let expected = (reference * &probe)?.sum_all()?.backward()?;
-        for v in [x.as_tensor(), w.as_tensor()] {
-            assert_close(grads.get(v).expect("ours"), expected.get(v).expect("candle's"), 1e-5)?;
-        }
+        assert_close(
+            grads.get(x.as_tensor()).expect("ours"),
+            expected.get(x.as_tensor()).expect("candle's"),
+            1e-5,
+        )?;
+        let dw = crate::ops::weight_grads::weight_grad(&grads, w.as_tensor())?.expect("ours");
+        assert_close(&dw, expected.get(w.as_tensor()).expect("candle's"), 1e-5)?;
         Ok(())
     }
 }

@@ -14,12 +14,14 @@ mod cross_entropy;
 mod custom_backward;
 mod frozen_matmul;
 mod gated;
+mod linear_bf16;
 mod linear_matmul;
 mod lora_frozen;
 mod lora_linear;
 mod norm;
 mod rope;
 mod vexp;
+pub mod weight_grads;
 
 #[cfg(test)]
 pub(crate) mod gradcheck;

@@ -1,8 +1,9 @@
 //! AdamW with f32 moments whatever the parameter dtype, identical to `torch.optim.AdamW`
 //! (decoupled weight decay, bias-corrected moments), with its state saved and restored by name.
-//! All arithmetic stays on the device: no host synchronisation per step. An f32 parameter on the
-//! CPU is updated in place by one fused pass ([`super::optim_cpu`]) with the same arithmetic as
-//! the tensor ops, bit for bit; elsewhere the update is a sequence of tensor ops.
+//! All arithmetic stays on the device: no host synchronisation per step. An f32 or bf16
+//! parameter on the CPU is updated in place by one fused pass ([`super::optim_cpu`]) with the
+//! same arithmetic as the tensor ops, bit for bit; elsewhere the update is a sequence of tensor
+//! ops.
 
 use super::optim_cpu::{FusedUpdate, Rates};
 use crate::error::{EngineError, Result};
@@ -28,13 +29,13 @@ struct Slot {
 enum Moments {
     /// On the parameter's device, updated by tensor ops.
     Tensors { m: Tensor, v: Tensor },
-    /// Host memory next to an f32 CPU parameter, updated in place by the fused pass.
+    /// Host memory next to an f32 or bf16 CPU parameter, updated in place by the fused pass.
     Host { m: Vec<f32>, v: Vec<f32> },
 }
 
 impl Moments {
     fn zeros(var: &Var) -> Result<Self> {
-        Ok(if matches!(var.device(), Device::Cpu) && var.dtype() == DType::F32 {
+        Ok(if matches!(var.device(), Device::Cpu) && matches!(var.dtype(), DType::F32 | DType::BF16) {
             Moments::Host { m: vec![0.0; var.elem_count()], v: vec![0.0; var.elem_count()] }
         } else {
             let z = Tensor::zeros(var.shape(), DType::F32, var.device())?;
@@ -79,8 +80,9 @@ impl AdamW {
         self.slots.iter().map(|s| 2 * s.var.elem_count() * 4).sum()
     }
 
-    /// One update with the gradients in `grads` (same order as the parameters).
-    pub fn step(&mut self, grads: &[Tensor], lr: f64) -> Result<()> {
+    /// One update with the gradients in `grads` (same order as the parameters), each multiplied
+    /// by `grad_scale` first ([`clip_coefficient`]; 1 leaves them as they are).
+    pub fn step(&mut self, grads: &[Tensor], lr: f64, grad_scale: f64) -> Result<()> {
         if grads.len() != self.slots.len() {
             return Err(EngineError::Other(format!(
                 "{} gradients for {} parameters",
@@ -95,7 +97,7 @@ impl AdamW {
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let decay =
                 (slot.decay && self.cfg.weight_decay > 0.0).then_some(1.0 - lr * self.cfg.weight_decay);
-            let rates = Rates { decay, b1, b2, bc2_sqrt, eps: self.cfg.eps, step_size: lr / bc1 };
+            let rates = Rates { decay, b1, b2, bc2_sqrt, eps: self.cfg.eps, step_size: lr / bc1, grad_scale };
             match &mut slot.moments {
                 Moments::Host { m, v } => FusedUpdate::apply(slot.var.as_tensor(), g, m, v, &rates)?,
                 Moments::Tensors { m, v } => {
@@ -150,32 +152,36 @@ impl AdamW {
     }
 }
 
-/// Global L2 norm of the gradients as a device scalar (f32), and the same gradients scaled so
-/// their norm is at most `max_norm` (PyTorch `clip_grad_norm_`; `max_norm` 0 disables it).
-pub fn clip_grad_norm(grads: &[Tensor], max_norm: f64) -> Result<(Tensor, Vec<Tensor>)> {
-    let mut total: Option<Tensor> = None;
+/// Global L2 norm of the gradients (PyTorch `clip_grad_norm_`'s total norm), read on the host:
+/// the trainer reports it every step. f32 and bf16 gradients on the CPU are summed in one pass
+/// each ([`super::optim_cpu::sum_squares`]); others through tensor ops on their device.
+pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
+    let mut host = 0f64;
+    // Off the CPU the sums stay on the device and are read once.
+    let mut device: Option<Tensor> = None;
     for g in grads {
-        let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
-        total = Some(match total {
-            Some(t) => (t + s)?,
-            None => s,
-        });
+        match super::optim_cpu::sum_squares(g)? {
+            Some(s) => host += s,
+            None => {
+                let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+                device = Some(match device {
+                    Some(t) => (t + s)?,
+                    None => s,
+                });
+            }
+        }
     }
-    let device = grads.first().map(|g| g.device().clone()).unwrap_or(candle_core::Device::Cpu);
-    let norm = match total {
-        Some(t) => t.sqrt()?,
-        None => Tensor::new(0f32, &device)?,
+    let off_cpu = match device {
+        Some(t) => t.to_scalar::<f32>()? as f64,
+        None => 0.0,
     };
-    if max_norm <= 0.0 {
-        return Ok((norm, grads.to_vec()));
-    }
-    // coef = min(1, max_norm / (norm + 1e-6)), computed on the device.
-    let coef = (norm.affine(1.0, 1e-6)?.recip()? * max_norm)?.clamp(0f32, 1f32)?;
-    let clipped = grads
-        .iter()
-        .map(|g| g.broadcast_mul(&coef.to_dtype(g.dtype())?))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok((norm, clipped))
+    Ok((host + off_cpu).sqrt())
+}
+
+/// PyTorch's clipping coefficient `min(1, max_norm / (norm + 1e-6))`, applied by
+/// [`AdamW::step`] (`max_norm` 0 disables clipping).
+pub fn clip_coefficient(norm: f64, max_norm: f64) -> f64 {
+    if max_norm <= 0.0 { 1.0 } else { (max_norm / (norm + 1e-6)).min(1.0) }
 }
 
 #[cfg(test)]
@@ -189,8 +195,8 @@ mod tests {
         let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
         let mut opt = AdamW::new(vec![("w".into(), var.clone())], cfg)?;
         let g = Tensor::new(&[0.5f32, 0.25], &Device::Cpu)?;
-        opt.step(&[g.clone()], 0.01)?;
-        opt.step(&[g], 0.01)?;
+        opt.step(&[g.clone()], 0.01, 1.0)?;
+        opt.step(&[g], 0.01, 1.0)?;
         // Reference values from the PyTorch update rule, computed in f64.
         let mut p = [1.0f64, -2.0];
         let gs = [0.5f64, 0.25];
@@ -214,13 +220,35 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_the_max_norm() -> Result<()> {
-        let g = vec![Tensor::new(&[3.0f32, 0.0], &Device::Cpu)?, Tensor::new(&[4.0f32], &Device::Cpu)?];
-        let (norm, clipped) = clip_grad_norm(&g, 1.0)?;
-        assert!((norm.to_scalar::<f32>()? - 5.0).abs() < 1e-6);
-        let (n2, _) = clip_grad_norm(&clipped, 0.0)?;
-        assert!((n2.to_scalar::<f32>()? - 1.0).abs() < 1e-5);
-        let (_, same) = clip_grad_norm(&g, 10.0)?;
-        assert_eq!(same[1].to_vec1::<f32>()?, vec![4.0]);
+        let g = vec![
+            Tensor::new(&[3.0f32, 0.0], &Device::Cpu)?,
+            Tensor::new(&[4.0f32], &Device::Cpu)?.to_dtype(DType::BF16)?,
+        ];
+        let norm = grad_norm(&g)?;
+        assert!((norm - 5.0).abs() < 1e-9, "{norm}");
+        assert!((clip_coefficient(norm, 1.0) - 0.2).abs() < 1e-7);
+        assert_eq!(clip_coefficient(norm, 10.0), 1.0);
+        assert_eq!(clip_coefficient(norm, 0.0), 1.0);
+        // The one-pass sum over the pool agrees with the tensor ops.
+        let big = crate::ops::gradcheck::randn(&[300_000], 5, &Device::Cpu)?;
+        let want = big.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(Some(3)));
+        let got = grad_norm(std::slice::from_ref(&big));
+        crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(None));
+        assert!((got?.powi(2) - want).abs() < 1e-5 * want);
+        // AdamW applies the coefficient: scaled gradients give the step of pre-scaled ones.
+        let run = |g: f32, scale: f64| -> Result<Vec<f32>> {
+            let var = Var::from_tensor(&Tensor::new(&[1.0f32, -2.0], &Device::Cpu)?)?;
+            let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+            let mut opt = AdamW::new(vec![("w".into(), var.clone())], cfg)?;
+            for _ in 0..2 {
+                opt.step(&[Tensor::new(&[g, 2.0 * g], &Device::Cpu)?], 0.1, scale)?;
+            }
+            Ok(var.as_tensor().to_vec1::<f32>()?)
+        };
+        let (a, b) = (run(0.5, 0.25)?, run(0.125, 1.0)?);
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6), "{a:?} vs {b:?}");
+        assert!(a != run(0.5, 1.0)?, "the scale must matter");
         Ok(())
     }
 
@@ -234,7 +262,7 @@ mod tests {
             )
         };
         let mut a = mk()?;
-        a.step(&[Tensor::new(&[0.1f32, 0.2], &Device::Cpu)?], 0.1)?;
+        a.step(&[Tensor::new(&[0.1f32, 0.2], &Device::Cpu)?], 0.1, 1.0)?;
         let mut b = mk()?;
         b.load_state(&a.state()?, a.step)?;
         assert_eq!(b.step, 1);

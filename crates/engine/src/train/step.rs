@@ -6,6 +6,7 @@ use crate::data::{Batch, Example};
 use crate::error::{EngineError, Result};
 use crate::layers::ForwardCtx;
 use crate::model::{AnyModel, CausalLm, Seq2SeqBatch, Seq2SeqLm, next_token_targets};
+use crate::ops::weight_grads;
 use candle_core::{Tensor, Var, backprop::GradStore};
 
 /// Gradients summed over the micro-batches of one optimizer step, aligned with the parameters.
@@ -14,16 +15,20 @@ pub struct GradAccumulator {
 }
 
 impl GradAccumulator {
-    pub fn new(n: usize) -> Self {
-        Self { grads: vec![None; n] }
+    /// An empty accumulator for `params`, dropping any weight gradient a failed pass left behind.
+    pub fn new(params: &[(String, Var)]) -> Self {
+        for (_, v) in params {
+            weight_grads::take(v.as_tensor());
+        }
+        Self { grads: vec![None; params.len()] }
     }
 
     fn collect(&mut self, params: &[(String, Var)], store: &GradStore) -> Result<()> {
         for (slot, (_, var)) in self.grads.iter_mut().zip(params) {
-            if let Some(g) = store.get(var.as_tensor()) {
+            if let Some(g) = weight_grads::weight_grad(store, var.as_tensor())? {
                 *slot = Some(match slot.take() {
                     Some(acc) => (acc + g)?,
-                    None => g.clone(),
+                    None => g,
                 });
             }
         }

@@ -7,7 +7,7 @@ use super::checkpoint::{self, TrainerState};
 use super::eta::{Eta, EtaPlan};
 use super::events::{EventSink, Interrupter, MemoryStats, StopRequest, TrainEvent};
 use super::faults::{Fault, Faults};
-use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use super::optim::{AdamW, AdamWConfig, clip_coefficient, grad_norm};
 use super::plan::adapter_plan;
 use super::recovery::{LossGuard, Verdict, lr_factor, rollback_suggestion};
 use super::schedule::{ScheduleKind, lr_at};
@@ -169,19 +169,20 @@ pub fn train_with(
     for n in notes {
         log(sink, n);
     }
-    // bf16 on the CPU: the frozen projections are held in bf16 and multiply in bf16 on the AMX
-    // tile unit where the CPU has one (else in f32); everything else stays f32 (candle's bf16 CPU
-    // kernels widen to f32 on every call, and the fused f32 kernels cover every op of a step).
-    let dtype = if dtype == DType::BF16
-        && device.is_cpu()
-        && cfg.method.kind != MethodKind::Full
-        && crate::ops::cpu_kernels_enabled()
-    {
+    // bf16 on the CPU: the projections (frozen, or trained in full fine-tuning along with the
+    // embeddings) are held in bf16 and multiply in bf16 on the AMX tile unit where the CPU has
+    // one (else in f32); everything else stays f32 (candle's bf16 CPU kernels widen to f32 on
+    // every call, and the fused f32 kernels cover every op of a step).
+    let dtype = if dtype == DType::BF16 && device.is_cpu() && crate::ops::cpu_kernels_enabled() {
         plan.bf16_products = true;
+        let held = match cfg.method.kind {
+            MethodKind::Full => "weights trained in bf16, norms and biases in f32",
+            _ => "frozen projections held in bf16",
+        };
         log(
             sink,
             format!(
-                "bf16 on the CPU: frozen projections held in bf16 ({}), activations f32",
+                "bf16 on the CPU: {held} ({}), activations f32",
                 if crate::ops::amx::available() {
                     "AMX tile unit"
                 } else {
@@ -360,7 +361,7 @@ pub fn train_with(
             .collect();
         let n_total: usize = batches.iter().map(StepBatch::targets).sum();
         let tokens: u64 = batches.iter().map(StepBatch::tokens).sum();
-        let mut acc = GradAccumulator::new(params.len());
+        let mut acc = GradAccumulator::new(&params);
         let mut loss_sum: Option<Tensor> = None;
         for (k, b) in batches.iter().enumerate() {
             let ctx = ForwardCtx { train: true, seed: cfg.train.seed, pass: state.micro_batches + k as u64 };
@@ -379,7 +380,7 @@ pub fn train_with(
             });
         }
         let grads = acc.finish(&params)?;
-        let (norm, grads) = clip_grad_norm(&grads, cfg.train.max_grad_norm)?;
+        let norm = grad_norm(&grads)?;
         // The one host synchronisation of the step: the metrics we report, read before the
         // update so that a bad step never reaches the weights.
         let mut loss = match &loss_sum {
@@ -389,7 +390,7 @@ pub fn train_with(
         if faults.at(Fault::Nan, state.step + 1) {
             loss = f64::NAN;
         }
-        let grad_norm = norm.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64;
+        let grad_norm = norm;
         if let Verdict::Rollback { kind, reason } = guard.observe(loss, grad_norm) {
             drop(grads);
             alert(
@@ -410,7 +411,7 @@ pub fn train_with(
                 cfg.train.warmup_steps,
                 total_steps as usize,
             );
-        opt.step(&grads, lr)?;
+        opt.step(&grads, lr, clip_coefficient(grad_norm, cfg.train.max_grad_norm))?;
         drop(grads);
         state.step += 1;
         state.micro_batches += accum;

@@ -1,0 +1,43 @@
+//! Weight gradients handed over beside candle's `GradStore`. candle adds every gradient an op
+//! returns onto a fresh zero tensor of the input's shape: for the weights of full fine-tuning
+//! that is one more pass over every weight per step, and with bf16 weights it runs through
+//! candle's bf16 add, which took a third of a step. The CPU products of trainable weights
+//! ([`super::linear_matmul`]) deposit dL/dW here under the weight's id instead and return no
+//! gradient for it; [`weight_grad`] gives a parameter's whole gradient from both places.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Result, Tensor, TensorId};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+static PENDING: LazyLock<Mutex<HashMap<TensorId, Tensor>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn pending() -> MutexGuard<'static, HashMap<TensorId, Tensor>> {
+    // A panic elsewhere while the lock was held leaves a map that is still whole.
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Adds `g` to the pending gradient of weight `w`.
+pub(crate) fn deposit(w: &Tensor, g: Tensor) -> Result<()> {
+    let mut map = pending();
+    let sum = match map.remove(&w.id()) {
+        Some(earlier) => (earlier + g)?,
+        None => g,
+    };
+    map.insert(w.id(), sum);
+    Ok(())
+}
+
+/// Removes and returns the pending gradient of weight `w`.
+pub fn take(w: &Tensor) -> Option<Tensor> {
+    pending().remove(&w.id())
+}
+
+/// The gradient of parameter `w` after a backward pass: what reached it through candle's store
+/// plus what the CPU products deposited (a tied embedding gets both), taking the deposit.
+pub fn weight_grad(store: &GradStore, w: &Tensor) -> Result<Option<Tensor>> {
+    Ok(match (store.get(w), take(w)) {
+        (Some(a), Some(b)) => Some((a + b)?),
+        (a, b) => a.cloned().or(b),
+    })
+}
