@@ -195,7 +195,7 @@ mod tests {
         let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
         let mut opt = AdamW::new(vec![("w".into(), var.clone())], cfg)?;
         let g = Tensor::new(&[0.5f32, 0.25], &Device::Cpu)?;
-        opt.step(&[g.clone()], 0.01, 1.0)?;
+        opt.step(std::slice::from_ref(&g), 0.01, 1.0)?;
         opt.step(&[g], 0.01, 1.0)?;
         // Reference values from the PyTorch update rule, computed in f64.
         let mut p = [1.0f64, -2.0];

@@ -77,7 +77,18 @@ impl<'a> FusedUpdate<'a> {
 /// chunk, across the pool), or `None` for another dtype or device.
 pub(super) fn sum_squares(t: &Tensor) -> Result<Option<f64>> {
     fn sum<V: Value>(v: &[V]) -> f64 {
-        let chunk = |c: &[V]| c.iter().map(|x| x.widen()).fold(0f32, |s, x| s + x * x) as f64;
+        // Sixteen running f32 sums (one vector register), so the loop vectorises.
+        let chunk = |c: &[V]| {
+            let mut lanes = [0f32; 16];
+            let mut rows = c.chunks_exact(16);
+            for row in &mut rows {
+                for (l, x) in lanes.iter_mut().zip(row) {
+                    *l += x.widen() * x.widen();
+                }
+            }
+            let tail: f32 = rows.remainder().iter().map(|x| x.widen() * x.widen()).sum();
+            lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64
+        };
         // f32 sums over short chunks (vectorised), f64 across them.
         let block = |b: &[V]| b.chunks(1024).map(chunk).sum::<f64>();
         if crate::ops::cpu::threads() > 1 && v.len() > 1 << 16 {
@@ -99,11 +110,6 @@ pub(super) fn sum_squares(t: &Tensor) -> Result<Option<f64>> {
         CpuStorage::BF16(v) => Some(sum(&v[a..b])),
         _ => None,
     })
-}
-
-/// `x · s` as candle's `affine(s, 0)` computes it on f32 data.
-fn affine(x: f32, mul: f64) -> f32 {
-    x * mul as f32 + 0.0
 }
 
 /// A parameter or gradient value the fused pass reads (and for a parameter writes back): f32,
@@ -139,29 +145,90 @@ impl Value for half::bf16 {
     }
 }
 
+/// The per-step constants as the f32 values the arithmetic uses.
+#[derive(Clone, Copy)]
+struct Consts {
+    decays: bool,
+    decay: f32,
+    scales: bool,
+    scale: f32,
+    b1: f32,
+    c1: f32,
+    b2: f32,
+    c2: f32,
+    inv_bc2: f32,
+    eps: f32,
+    step_size: f32,
+}
+
+/// `x · s + 0` (candle's `affine(s, 0)` on f32 data) for an `s` already rounded to f32.
+#[inline(always)]
+fn times(x: f32, s: f32) -> f32 {
+    x * s + 0.0
+}
+
+/// The update of one chunk. Lengths are made equal up front (no bounds checks inside) and every
+/// choice is a select, so that the loop vectorises.
+#[inline(always)]
+fn update_chunk<P: Value, G: Value>(c: &Consts, p: &mut [P], m: &mut [f32], v: &mut [f32], g: &[G]) {
+    let n = p.len();
+    let (m, v, g) = (&mut m[..n], &mut v[..n], &g[..n]);
+    for i in 0..n {
+        let gw = g[i].widen();
+        let gi = if c.scales { times(gw, c.scale) } else { gw };
+        let pw = p[i].widen();
+        let pi = if c.decays { times(pw, c.decay) } else { pw };
+        let mi = times(m[i], c.b1) + times(gi, c.c1);
+        let vi = times(v[i], c.b2) + times(gi * gi, c.c2);
+        let denom = times(vi.sqrt(), c.inv_bc2) + c.eps;
+        p[i] = P::narrow(pi - times(mi / denom, c.step_size));
+        (m[i], v[i]) = (mi, vi);
+    }
+}
+
+/// [`update_chunk`] compiled for AVX-512 (16 values per instruction; the same IEEE operations,
+/// none fused, so the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn update_chunk_avx512<P: Value, G: Value>(
+    c: &Consts,
+    p: &mut [P],
+    m: &mut [f32],
+    v: &mut [f32],
+    g: &[G],
+) {
+    update_chunk(c, p, m, v, g)
+}
+
+fn update<P: Value, G: Value>(c: &Consts, p: &mut [P], m: &mut [f32], v: &mut [f32], g: &[G]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bw")
+        && std::is_x86_feature_detected!("avx512vl")
+    {
+        // SAFETY: the CPU has AVX-512 F/BW/VL (checked).
+        return unsafe { update_chunk_avx512(c, p, m, v, g) };
+    }
+    update_chunk(c, p, m, v, g)
+}
+
 impl FusedUpdate<'_> {
     fn run<P: Value, G: Value>(&self, p: &mut [P], g: &[G]) {
         let mut moments = self.moments.borrow_mut();
         let (m, v) = &mut *moments;
         let r = self.rates;
-        let (c1, c2, inv_bc2) = (1.0 - r.b1, 1.0 - r.b2, 1.0 / r.bc2_sqrt);
-        let (decays, d) = (r.decay.is_some(), r.decay.unwrap_or(1.0));
-        let (scales, scale) = (r.grad_scale != 1.0, r.grad_scale);
-        let update = |p: &mut [P], m: &mut [f32], v: &mut [f32], g: &[G]| {
-            // Equal lengths up front: no bounds checks inside, so the loop vectorises.
-            let n = p.len();
-            let (m, v, g) = (&mut m[..n], &mut v[..n], &g[..n]);
-            for i in 0..n {
-                let gw = g[i].widen();
-                let gi = if scales { affine(gw, scale) } else { gw };
-                let pw = p[i].widen();
-                let pi = if decays { affine(pw, d) } else { pw };
-                let mi = affine(m[i], r.b1) + affine(gi, c1);
-                let vi = affine(v[i], r.b2) + affine(gi * gi, c2);
-                let denom = affine(vi.sqrt(), inv_bc2) + r.eps as f32;
-                p[i] = P::narrow(pi - affine(mi / denom, r.step_size));
-                (m[i], v[i]) = (mi, vi);
-            }
+        let c = Consts {
+            decays: r.decay.is_some(),
+            decay: r.decay.unwrap_or(1.0) as f32,
+            scales: r.grad_scale != 1.0,
+            scale: r.grad_scale as f32,
+            b1: r.b1 as f32,
+            c1: (1.0 - r.b1) as f32,
+            b2: r.b2 as f32,
+            c2: (1.0 - r.b2) as f32,
+            inv_bc2: (1.0 / r.bc2_sqrt) as f32,
+            eps: r.eps as f32,
+            step_size: r.step_size as f32,
         };
         const CHUNK: usize = 1 << 15;
         if crate::ops::cpu::threads() > 1 && p.len() > CHUNK {
@@ -170,9 +237,9 @@ impl FusedUpdate<'_> {
                 .zip(m.par_chunks_mut(CHUNK))
                 .zip(v.par_chunks_mut(CHUNK))
                 .zip(g.par_chunks(CHUNK))
-                .for_each(|(((p, m), v), g)| update(p, m, v, g));
+                .for_each(|(((p, m), v), g)| update(&c, p, m, v, g));
         } else {
-            update(p, m, v, g);
+            update(&c, p, m, v, g);
         }
     }
 }
