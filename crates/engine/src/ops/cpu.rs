@@ -209,17 +209,23 @@ const MIN_BLOCK_COLUMNS: usize = 64;
 
 /// A destination pointer shared by tasks that write disjoint parts of it (column blocks here,
 /// and in the AMX products).
-#[derive(Clone, Copy)]
-pub(crate) struct Shared(pub(crate) *mut f32);
+pub(crate) struct Shared<T = f32>(pub(crate) *mut T);
 // SAFETY: every user has each task write only its own part of the destination (see
 // `blas_in_column_blocks` and `amx`).
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
 
-impl Shared {
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Shared<T> {}
+
+impl<T> Shared<T> {
     /// The destination from element `offset` on (by value, so closures capture the `Sync`
     /// wrapper, not the field).
-    pub(crate) fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) fn at(self, offset: usize) -> *mut T {
         self.0.wrapping_add(offset)
     }
 }

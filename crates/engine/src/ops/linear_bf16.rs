@@ -5,8 +5,8 @@
 //! * forward `Y = X · Wᵀ` from W's rows as they are;
 //! * input gradient `dX = G · W`, W's rows again;
 //! * weight gradient `dW = Gᵀ · X` with Gᵀ's rows as the left operand and X's rows (padded with
-//!   zero rows to a multiple of 32) as the right one, rounded to bf16 like the weight and
-//!   deposited in [`super::weight_grads`].
+//!   zero rows to a multiple of 32) as the right one, rounded to bf16 like the weight 32 columns
+//!   at a time ([`amx::weight_grad`]) and deposited in [`super::weight_grads`].
 //!
 //! Without a tile unit (or for a shape its blocks do not cover) W is widened exactly and the
 //! products run in f32 (the rounding of X and G is then skipped: it would only cost time). The
@@ -16,6 +16,7 @@ use super::amx::{self, Weight};
 use super::cpu::{Mat, sgemm_par, slice, with_f32, with_last_dim, zeroed};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail};
 use half::bf16;
+use half::vec::HalfBitsVecExt;
 
 /// `x · wᵀ` for `x` f32 `[.., k]` and `w` bf16 `[n, k]` on the CPU, differentiable in both.
 pub(crate) fn linear_bf16(x: &Tensor, w: &Tensor) -> Result<Tensor> {
@@ -125,10 +126,9 @@ impl CustomOp2 for LinearBf16 {
         let (dx, dw) = with_f32(x, |x| {
             with_bits(w, |w| {
                 with_f32(g, |g| {
-                    let mut dw = zeroed(n * k);
                     let mut dx = x_needs_grad.then(|| zeroed(m * k));
                     if m == 0 {
-                        return Ok((dx, dw));
+                        return Ok((dx, vec![bf16::ZERO; n * k]));
                     }
                     if on_tiles(n, k) {
                         if let Some(dx) = dx.as_mut() {
@@ -137,29 +137,21 @@ impl CustomOp2 for LinearBf16 {
                         // dW[n, k] = Gᵀ[n, m'] · X[m', k]: X's zero rows past m add nothing.
                         let padded = m.div_ceil(32) * 32;
                         let xb = amx::pack_rows(x, m, k);
-                        amx::backward(
-                            &pack_transposed(g, m, n),
-                            padded,
-                            n,
-                            Weight::Rows(&xb),
-                            padded,
-                            k,
-                            &mut dw,
-                            false,
-                        );
-                    } else {
-                        let wf = widened(w);
-                        if let Some(dx) = dx.as_mut() {
-                            sgemm_par(m, k, n, Mat::rows(g, n), Mat::rows(&wf, k), dx, false, 1.0);
-                        }
-                        sgemm_par(n, k, m, Mat::rows_t(g, n), Mat::rows(x, k), &mut dw, false, 1.0);
+                        let dw = amx::weight_grad(&pack_transposed(g, m, n), padded, n, &xb, k);
+                        return Ok((dx, dw.reinterpret_into()));
                     }
-                    Ok((dx, dw))
+                    let wf = widened(w);
+                    if let Some(dx) = dx.as_mut() {
+                        sgemm_par(m, k, n, Mat::rows(g, n), Mat::rows(&wf, k), dx, false, 1.0);
+                    }
+                    let mut dw = zeroed(n * k);
+                    sgemm_par(n, k, m, Mat::rows_t(g, n), Mat::rows(x, k), &mut dw, false, 1.0);
+                    Ok((dx, rounded(&dw)))
                 })
             })
         })?;
         let dev = x.device();
-        super::weight_grads::deposit(w, Tensor::from_vec(rounded(&dw), w.shape(), dev)?)?;
+        super::weight_grads::deposit(w, Tensor::from_vec(dw, w.shape(), dev)?)?;
         Ok((dx.map(|d| Tensor::from_vec(d, x.shape(), dev)).transpose()?, None))
     }
 }

@@ -173,6 +173,31 @@ pub fn backward(
     });
 }
 
+/// A weight gradient `dW[n, k] = Gᵀ · X` rounded to bf16 (its bits, row-major), for `gt` = Gᵀ's
+/// `n` rows of `m` values from [`pack_rows`] (`m` a multiple of 32: the rows of X, padded) and
+/// `xb` = X's `m` rows of `k` values. Each task computes 32 columns of dW in f32 into a buffer
+/// that stays in its core's cache and rounds them into place: no f32 copy of dW is ever whole.
+pub fn weight_grad(gt: &[u16], m: usize, n: usize, xb: &[u16], k: usize) -> Vec<u16> {
+    assert!(fits(m, k) && xb.len() >= m * k && gt.len() >= n.div_ceil(2 * T) * 2 * T * m);
+    let mut out: Vec<u16> = Vec::with_capacity(n * k);
+    let dst = Shared(out.spare_capacity_mut().as_mut_ptr());
+    tasks(k / (2 * T), |cb| {
+        let mut panel = vec![0u16; m * 2 * T];
+        interleave_columns(&xb[..m * k], k, 2 * T * cb, &mut panel);
+        let mut slab = vec![0f32; n * 2 * T];
+        run_task(gt, m, n, &panel, m, Shared(slab.as_mut_ptr()), 2 * T, 0, false);
+        for (i, row) in slab.chunks_exact(2 * T).enumerate() {
+            // SAFETY: columns 32cb..32cb+32 of row i < n lie inside the n·k reserved values, and
+            // only this task writes them.
+            let to = unsafe { std::slice::from_raw_parts_mut(dst.at(i * k + 2 * T * cb), 2 * T) };
+            convert(row, to);
+        }
+    });
+    // SAFETY: the tasks wrote every column block of every row (`convert` writes each value).
+    unsafe { out.set_len(n * k) };
+    out
+}
+
 /// One task: `out[:, c0..c0+32] (+)= A · panel` for `a` from [`pack_rows`] (rows `lda` apart,
 /// starting at the reduction's first column) of `m` rows, `panel` 32 columns of B laid out by
 /// `pair_rows` or `interleave_columns`, `reduce` values deep; without `accumulate` those
