@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # LoRA r16 (all linear layers) in f32 and bf16, ours against PyTorch + PEFT on the same CPU, with
-# our full fine-tuning beside them; 1 and 2 threads, batch 1 and 4 (x 128 tokens), ROUNDS
-# interleaved rounds. Each line: round, threads, batch, implementation, method, dtype, median
-# tokens/s of steps 2..STEPS, step 1's loss, peak RSS in MiB. Then full fine-tuning in bf16 and
-# QLoRA with and without the AMX tile unit (two threads, batch 4). Needs the model and data of
-# lora_vs_full.sh (run it once) and the benchmark venv.
+# full fine-tuning beside them; 1 and 2 threads, batch 1 and 4 (x 128 tokens), ROUNDS
+# interleaved rounds, with full fine-tuning in f32 and bf16 (ours) and bf16 (PyTorch). Each line:
+# round, threads, batch, implementation, method, dtype, median tokens/s of steps 2..STEPS, step
+# 1's loss, peak RSS in MiB. Then QLoRA with and without the AMX tile unit (two threads, batch
+# 4). Needs the model and data of lora_vs_full.sh (run it once) and the benchmark venv.
 #   tools/bench/bf16_vs_peft.sh [PY=.venv/bin/python] [STEPS=6] [ROUNDS=2]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -47,10 +47,10 @@ for round in $(seq "$ROUNDS"); do
     echo "r$round t$t b$b peft lora f32 $(peft "$t" "$b" lora f32)"
     echo "r$round t$t b$b peft lora bf16 $(peft "$t" "$b" lora bf16)"
     echo "r$round t$t b$b ours full f32 $(ours "$t" "$b" full f32)"
+    echo "r$round t$t b$b ours full bf16 $(ours "$t" "$b" full bf16)"
+    echo "r$round t$t b$b peft full bf16 $(peft "$t" "$b" full bf16)"
   done
 done
-echo "t2 b4 ours full bf16 $(ours 2 4 full bf16)"
-echo "t2 b4 peft full bf16 $(peft 2 4 full bf16)"
 echo "t2 b4 ours qlora nf4+dq-bf16-compute $(ours 2 4 qlora f32)"
 echo "t2 b4 ours qlora nf4+dq-bf16-compute-amx-off $(FINETUNE_AMX=off ours 2 4 qlora f32)"
 date -u
