@@ -319,10 +319,35 @@ impl Attention {
             k = kn.forward(&k)?;
         }
         if let Some(rope) = pos.rope {
+            // Training and evaluation (no cache, no score bias): the kernel rotates q and k
+            // itself, and the graph keeps only the unrotated ones.
+            if cache.is_none() && pos.bias.is_none() && kv_source.is_none() {
+                let y = ops::attention_rotary(&q, &k, &v, &self.mask(pos, false), rope, offset)?;
+                return self.project_out(y, ctx);
+            }
             q = ops::rope(&q, rope, offset)?;
             k = ops::rope(&k, rope, offset)?;
         }
         self.attend(q, k, v, pos, cache, kv_source.is_some(), ctx)
+    }
+
+    /// Which scores attention keeps, for these positions (`cross`: keys from another sequence).
+    fn mask(&self, pos: AttnPos, cross: bool) -> AttentionMask {
+        let c = &self.cfg;
+        AttentionMask {
+            scale: c.scale,
+            causal: c.causal && !cross,
+            sliding_window: c.window,
+            softcap: c.softcap,
+            alibi_slopes: pos.alibi.map(|s| s.to_vec()),
+            key_lens: pos.key_lens.map(|l| l.to_vec()),
+        }
+    }
+
+    /// Merges the heads of attention's output `[b, t, heads, dv]` and projects them out.
+    fn project_out(&self, y: Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
+        let (b, t, _, dv) = y.dims4()?;
+        self.o.forward(&y.reshape((b, t, self.cfg.heads * dv))?, ctx)
     }
 
     /// Caches keys and values, attends (`[b, t, heads, d]` each), merges heads, projects out.
@@ -337,7 +362,6 @@ impl Attention {
         cross: bool,
         ctx: &ForwardCtx,
     ) -> candle_core::Result<Tensor> {
-        let c = &self.cfg;
         if let Some(cache) = cache {
             if let (Some(pk), Some(pv)) = (&cache.k, &cache.v) {
                 k = Tensor::cat(&[pk, &k], 1)?;
@@ -346,21 +370,12 @@ impl Attention {
             cache.k = Some(k.clone());
             cache.v = Some(v.clone());
         }
-        let mask = AttentionMask {
-            scale: c.scale,
-            causal: c.causal && !cross,
-            sliding_window: c.window,
-            softcap: c.softcap,
-            alibi_slopes: pos.alibi.map(|s| s.to_vec()),
-            key_lens: pos.key_lens.map(|l| l.to_vec()),
-        };
+        let mask = self.mask(pos, cross);
         let y = match pos.bias {
             Some(bias) => ops::attention_with_bias(&q, &k, &v, &mask, bias)?,
             None => ops::attention(&q, &k, &v, &mask)?,
         };
-        let (b, t, _, dv) = y.dims4()?;
-        let y = y.reshape((b, t, c.heads * dv))?;
-        self.o.forward(&y, ctx)
+        self.project_out(y, ctx)
     }
 
     /// Trainable variables (adapters, full weights, q/k norms) with their names.

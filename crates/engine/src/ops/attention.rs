@@ -10,6 +10,7 @@ use super::attention_off_cpu::attention_off_cpu;
 #[cfg(test)]
 use super::attention_off_cpu::composed;
 use super::cpu::{Mat, sgemm, slice, threads, with_f32, zeroed};
+use super::rope::{RopeTables, Rotation, rope};
 use super::use_cpu_kernels;
 use super::vexp::exp_shifted;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
@@ -75,10 +76,37 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttentionMask) -> Re
         return q.contiguous()?.apply_op3(
             &k.contiguous()?,
             &v.contiguous()?,
-            FusedAttention { mask: mask.clone(), extra: None },
+            FusedAttention { mask: mask.clone(), extra: None, rope: None },
         );
     }
     attention_off_cpu(q, k, v, mask, None)
+}
+
+/// [`attention`] of `q` and `k` rotated by rotary position embeddings for positions
+/// `offset..offset + t`, given before the rotation (self-attention: as many keys as queries).
+/// On the CPU the kernel rotates its own copies in forward and again in backward, and rotates
+/// the gradients back: the graph keeps the unrotated q and k only, where `rope` then
+/// [`attention`] would keep both (a quarter of a block's activations for multi-head attention).
+pub fn attention_rotary(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &AttentionMask,
+    tables: &RopeTables,
+    offset: usize,
+) -> Result<Tensor> {
+    validate(q, k, v, mask)?;
+    let (t, s) = (q.dim(1)?, k.dim(1)?);
+    let fused = use_cpu_kernels(q) && k.dtype() == DType::F32 && v.dtype() == DType::F32;
+    if !fused || s != t || q.dim(3)? < tables.rot_dim || offset + t > tables.max_positions() {
+        return attention(&rope(q, tables, offset)?, &rope(k, tables, offset)?, v, mask);
+    }
+    let rope = Some(Rotation::new(tables, offset, t));
+    q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        FusedAttention { mask: mask.clone(), extra: None, rope },
+    )
 }
 
 /// [`attention`] with an additive score bias `[1 or b, h, t, s]` (T5's relative positions),
@@ -104,7 +132,7 @@ pub fn attention_with_bias(
         return q.contiguous()?.apply_op3(
             &k.contiguous()?,
             &v.contiguous()?,
-            FusedAttention { mask: mask.clone(), extra },
+            FusedAttention { mask: mask.clone(), extra, rope: None },
         );
     }
     if bias.track_op() {
@@ -144,6 +172,9 @@ struct ExtraBias {
 struct FusedAttention {
     mask: AttentionMask,
     extra: Option<ExtraBias>,
+    /// Rotary positions applied to copies of q and k inside the kernel (forward and backward),
+    /// so the rotated q and k are never kept: q and k come in unrotated.
+    rope: Option<Rotation>,
 }
 
 #[derive(Clone, Copy)]
@@ -191,6 +222,12 @@ fn run_tasks<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync + Send) -> Vec<T> 
 }
 
 impl FusedAttention {
+    /// Rotated copies of q and k when the kernel applies rotary positions itself.
+    fn rotated(&self, q: &[f32], k: &[f32], dm: &Dims) -> Option<(Vec<f32>, Vec<f32>)> {
+        let rope = self.rope.as_ref()?;
+        Some((rope.rotated(q, (dm.t, dm.h, dm.d), false), rope.rotated(k, (dm.s, dm.kv, dm.d), false)))
+    }
+
     /// Softmax probabilities `[t, s]` for (row b, head h) into `p`; `raw` receives the
     /// pre-softcap scaled scores when soft-capping is on (needed by backward).
     fn probs(
@@ -263,6 +300,11 @@ impl CustomOp3 for FusedAttention {
     ) -> Result<(CpuStorage, Shape)> {
         let (q, k, v) = (slice(qs, ql)?, slice(ks, kl)?, slice(vs, vl)?);
         let dm = dims(ql, kl, vl);
+        let rotated = self.rotated(q, k, &dm);
+        let (q, k) = match &rotated {
+            Some((q, k)) => (&q[..], &k[..]),
+            None => (q, k),
+        };
         let Dims { b, h, kv, t, s, dv, .. } = dm;
         let group = h / kv;
         let heads = run_tasks(b * h, |idx| {
@@ -299,6 +341,11 @@ impl CustomOp3 for FusedAttention {
         // Work is split by (row, kv head): each task owns the dk/dv of its kv head.
         let parts = with_f32(q, |q| {
             with_f32(k, |k| {
+                let rotated = self.rotated(q, k, &dm);
+                let (q, k) = match &rotated {
+                    Some((q, k)) => (&q[..], &k[..]),
+                    None => (q, k),
+                };
                 with_f32(v, |v| {
                     with_f32(grad, |g| {
                         Ok(run_tasks(b * kv, |task| {
@@ -364,6 +411,11 @@ impl CustomOp3 for FusedAttention {
             scatter(&mut dk, k_part, d, bi * s * kv * d + ki * d, kv * d);
             scatter(&mut dvv, v_part, dv, bi * s * kv * dv + ki * dv, kv * dv);
         }
+        // The gradients of the unrotated q and k: the rotated ones rotated back.
+        if let Some(rope) = &self.rope {
+            rope.apply(&mut dq, (t, h, d), true);
+            rope.apply(&mut dk, (s, kv, d), true);
+        }
         let dev = q.device();
         Ok((
             Some(Tensor::from_vec(dq, (b, t, h, d), dev)?),
@@ -376,6 +428,7 @@ impl CustomOp3 for FusedAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::RopeLayout;
     use crate::ops::gradcheck::{assert_close, check_gradient, randn};
     use candle_core::{Device, Var};
 
@@ -409,6 +462,41 @@ mod tests {
             assert_close(&fused, &reference, 1e-5)?;
             for (a, b) in [(&qv, &qd), (&kv, &kd), (&vv, &vd)] {
                 assert_close(g1.get(a.as_tensor()).unwrap(), g2.get(b.as_tensor()).unwrap(), 1e-5)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rotating inside the kernel gives rope-then-attention's values and gradients (GQA, both
+    /// pairings, partial rotation, an offset, every mask) without keeping the rotated q and k.
+    #[test]
+    fn rotary_inside_the_kernel_matches_rope_then_attention() -> Result<()> {
+        let dev = Device::Cpu;
+        let q = randn(&[2, 6, 4, 8], 1, &dev)?;
+        let k = randn(&[2, 6, 2, 8], 2, &dev)?;
+        let v = randn(&[2, 6, 2, 8], 3, &dev)?;
+        let r = randn(&[2, 6, 4, 8], 4, &dev)?;
+        for (layout, rot) in
+            [(RopeLayout::HalfSplit, 8), (RopeLayout::Interleaved, 8), (RopeLayout::HalfSplit, 4)]
+        {
+            let inv: Vec<f64> =
+                (0..rot / 2).map(|i| 1.0 / 100f64.powf(2.0 * i as f64 / rot as f64)).collect();
+            let tables = RopeTables::new(&inv, 16, 1.0, layout, &dev)?;
+            for mask in masks() {
+                let vars = || -> Result<[Var; 3]> {
+                    Ok([Var::from_tensor(&q)?, Var::from_tensor(&k)?, Var::from_tensor(&v)?])
+                };
+                let (a, b) = (vars()?, vars()?);
+                let [qa, ka, va] = a.each_ref().map(|x| x.as_tensor());
+                let fused = attention_rotary(qa, ka, va, &mask, &tables, 3)?;
+                let [qb, kb, vb] = b.each_ref().map(|x| x.as_tensor());
+                let reference = attention(&rope(qb, &tables, 3)?, &rope(kb, &tables, 3)?, vb, &mask)?;
+                assert_close(&fused, &reference, 1e-5)?;
+                let (g1, g2) =
+                    ((&fused * &r)?.sum_all()?.backward()?, (&reference * &r)?.sum_all()?.backward()?);
+                for (x, y) in a.iter().zip(&b) {
+                    assert_close(g1.get(x.as_tensor()).unwrap(), g2.get(y.as_tensor()).unwrap(), 1e-5)?;
+                }
             }
         }
         Ok(())

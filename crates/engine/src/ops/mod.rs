@@ -28,7 +28,7 @@ pub(crate) mod gradcheck;
 #[cfg(test)]
 mod parallel_tests;
 
-pub use attention::{AttentionMask, attention, attention_with_bias};
+pub use attention::{AttentionMask, attention, attention_rotary, attention_with_bias};
 pub use cross_entropy::{
     IGNORE_INDEX, cross_entropy_sum, linear_cross_entropy_sum, masked_cross_entropy_sum,
 };
@@ -38,7 +38,7 @@ pub use linear_matmul::linear_matmul;
 pub use lora_frozen::{DenseBase, FrozenBase, lora_linear_frozen};
 pub use lora_linear::{DenseKernel, DropoutSpec, FrozenKernel, dropout_mask, lora_linear};
 pub use norm::{layer_norm, rms_norm};
-pub use rope::{RopeLayout, RopeTables, rope};
+pub use rope::{RopeLayout, RopeTables, Rotation, rope};
 
 use candle_core::{DType, Device, Tensor};
 

@@ -69,16 +69,7 @@ pub fn rope(x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
         bail!("rope: position {} is past the {} precomputed positions", offset + t, tables.max_positions());
     }
     if use_cpu_kernels(x) {
-        let half = tables.rot_dim / 2;
-        let range = offset * half..(offset + t) * half;
-        let op = RopeOp {
-            cos: tables.cos[range.clone()].to_vec(),
-            sin: tables.sin[range].to_vec(),
-            rot_dim: tables.rot_dim,
-            layout: tables.layout,
-            inverse: false,
-        };
-        return x.contiguous()?.apply_op1(op);
+        return x.contiguous()?.apply_op1(RopeOp { rot: Rotation::new(tables, offset, t), inverse: false });
     }
     let cos = tables.cos_t.narrow(0, offset, t)?.contiguous()?.to_dtype(x.dtype())?;
     let sin = tables.sin_t.narrow(0, offset, t)?.contiguous()?.to_dtype(x.dtype())?;
@@ -139,25 +130,33 @@ fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor, rot: usize, layout: RopeLayo
     }
 }
 
-struct RopeOp {
+/// The angles of positions `offset..offset + t` as the CPU kernels use them. Besides the rope
+/// op, the fused attention rotates its own copies of q and k with it, so that no rotated copy is
+/// kept for backward ([`super::attention_rotary`]).
+#[derive(Debug, Clone)]
+pub struct Rotation {
     cos: Vec<f32>,
     sin: Vec<f32>,
     rot_dim: usize,
     layout: RopeLayout,
-    /// Rotate by the negative angle: the backward of a rotation is its inverse.
-    inverse: bool,
 }
 
-impl RopeOp {
+impl Rotation {
+    /// The rotation of positions `offset..offset + t` (the caller checked they are in the tables).
+    pub(crate) fn new(tables: &RopeTables, offset: usize, t: usize) -> Self {
+        let half = tables.rot_dim / 2;
+        let range = offset * half..(offset + t) * half;
+        Self {
+            cos: tables.cos[range.clone()].to_vec(),
+            sin: tables.sin[range].to_vec(),
+            rot_dim: tables.rot_dim,
+            layout: tables.layout,
+        }
+    }
+
     /// Rotates `rows` (rows of `d` values, the first being row `first` of `[b, t, heads, d]`).
-    fn rotate(
-        &self,
-        rows: &mut [f32],
-        first: usize,
-        (t, heads, d): (usize, usize, usize),
-        half: usize,
-        sign: f32,
-    ) {
+    fn rotate(&self, rows: &mut [f32], first: usize, (t, heads, d): (usize, usize, usize), sign: f32) {
+        let half = self.rot_dim / 2;
         for (k, row) in rows.chunks_mut(d).enumerate() {
             let p = ((first + k) / heads) % t;
             let cs = &self.cos[p * half..(p + 1) * half];
@@ -174,6 +173,28 @@ impl RopeOp {
             }
         }
     }
+
+    /// Rotates `x` (`[b, t, heads, d]` with `dims` = (t, heads, d)) in place, by `-θ` when
+    /// `inverse` (the backward of a rotation is its inverse), across the pool.
+    pub(crate) fn apply(&self, x: &mut [f32], dims: (usize, usize, usize), inverse: bool) {
+        let d = dims.2.max(1);
+        let sign = if inverse { -1f32 } else { 1f32 };
+        let rows_per_task = (ELEMENTS_PER_TASK / d).max(1);
+        par_chunks(x, rows_per_task * d, |i0, rows| self.rotate(rows, i0 / d, dims, sign));
+    }
+
+    /// A rotated copy of `x` (see [`Rotation::apply`]).
+    pub(crate) fn rotated(&self, x: &[f32], dims: (usize, usize, usize), inverse: bool) -> Vec<f32> {
+        let mut out = copied(x);
+        self.apply(&mut out, dims, inverse);
+        out
+    }
+}
+
+struct RopeOp {
+    rot: Rotation,
+    /// Rotate by the negative angle: the backward of a rotation is its inverse.
+    inverse: bool,
 }
 
 impl CustomOp1 for RopeOp {
@@ -182,27 +203,13 @@ impl CustomOp1 for RopeOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
         let dims = l.dims();
-        let (t, heads, d) = (dims[1], dims[2], dims[3]);
-        let half = self.rot_dim / 2;
-        let sign = if self.inverse { -1f32 } else { 1f32 };
-        let mut out = copied(x);
-        let rows_per_task = (ELEMENTS_PER_TASK / d.max(1)).max(1);
-        par_chunks(&mut out, rows_per_task * d, |i0, rows| {
-            self.rotate(rows, i0 / d.max(1), (t, heads, d), half, sign)
-        });
+        let out = self.rot.rotated(slice(s, l)?, (dims[1], dims[2], dims[3]), self.inverse);
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let inverse = RopeOp {
-            cos: self.cos.clone(),
-            sin: self.sin.clone(),
-            rot_dim: self.rot_dim,
-            layout: self.layout,
-            inverse: !self.inverse,
-        };
+        let inverse = RopeOp { rot: self.rot.clone(), inverse: !self.inverse };
         let grad = grad.to_dtype(DType::F32)?.contiguous()?;
         Ok(Some(grad.apply_op1_no_bwd(&inverse)?))
     }
