@@ -2,7 +2,7 @@
 //! adapter kept in f32 whatever the base dtype (PEFT casts the input to the adapter's dtype too).
 
 use super::{ForwardCtx, Linear};
-use crate::ops::{self, DropoutSpec};
+use crate::ops::{self, DropoutSpec, GateAct, GatedLora};
 use crate::rng::Rng;
 use candle_core::{DType, Result, Tensor, Var};
 
@@ -30,14 +30,22 @@ impl LoraLinear {
     }
 }
 
-impl Linear for LoraLinear {
-    fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
-        let a = self.a.as_tensor();
-        let dropout = (ctx.train && self.dropout > 0.0).then_some(DropoutSpec {
+impl LoraLinear {
+    /// This forward pass's dropout mask, if any (drawn from a stream keyed by seed, pass and
+    /// module, so recomputation draws the same one).
+    fn dropout_spec(&self, ctx: &ForwardCtx) -> Option<DropoutSpec> {
+        (ctx.train && self.dropout > 0.0).then_some(DropoutSpec {
             p: self.dropout,
             seed: ctx.seed,
             keys: [Rng::key("lora-dropout"), ctx.pass, self.key],
-        });
+        })
+    }
+}
+
+impl Linear for LoraLinear {
+    fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let a = self.a.as_tensor();
+        let dropout = self.dropout_spec(ctx);
         if ops::use_cpu_kernels(x)
             && a.dtype() == DType::F32
             && let Some(kernel) = self.base.cpu_kernel()
@@ -59,6 +67,22 @@ impl Linear for LoraLinear {
         let z = xa.matmul(&a.t()?)?.matmul(&self.b.as_tensor().t()?)?;
         let z = (z * self.scale)?.reshape(y.dims())?.to_dtype(y.dtype())?;
         y + z
+    }
+
+    fn forward_gated(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        act: GateAct,
+        ctx: &ForwardCtx,
+    ) -> Option<Result<Tensor>> {
+        let a = self.a.as_tensor();
+        if !ops::use_cpu_kernels(gate) || a.dtype() != DType::F32 {
+            return None;
+        }
+        let kernel = self.base.cpu_kernel()?;
+        let lora = GatedLora { a, b: self.b.as_tensor(), scale: self.scale, dropout: self.dropout_spec(ctx) };
+        Some(ops::gated_down(gate, up, act, kernel, Some(lora)))
     }
 
     fn dims(&self) -> (usize, usize) {

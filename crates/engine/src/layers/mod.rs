@@ -13,7 +13,7 @@ pub use factory::{AdapterPlan, LayerFactory, Param, TargetSet, peft_name};
 pub use lora::LoraLinear;
 pub use quant::QuantLinear;
 
-use crate::ops::{FrozenBase, FrozenKernel};
+use crate::ops::{FrozenBase, FrozenKernel, GateAct};
 use candle_core::{Result, Tensor, Var};
 use std::sync::Arc;
 
@@ -51,6 +51,19 @@ pub trait Linear: Send + Sync {
     /// A CPU f32 kernel of this frozen base, which lets LoRA fuse base and adapter in one op.
     fn cpu_kernel(&self) -> Option<Arc<dyn FrozenKernel>> {
         None
+    }
+    /// `self(act(gate) ⊙ up)` as one op that keeps `gate` and `up` but not their product (a
+    /// gated MLP's down projection, [`crate::ops::gated_down`]) where this layer runs on the CPU
+    /// kernels; `None` where the caller must apply the activation itself.
+    fn forward_gated(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        act: GateAct,
+        _ctx: &ForwardCtx,
+    ) -> Option<Result<Tensor>> {
+        let kernel = self.cpu_kernel()?;
+        crate::ops::use_cpu_kernels(gate).then(|| crate::ops::gated_down(gate, up, act, kernel, None))
     }
     /// This frozen base as tensor ops, which lets LoRA run as one op on any device
     /// ([`crate::ops::lora_linear_frozen`]).

@@ -74,7 +74,17 @@ impl Mlp {
             None => self.act.apply(&g)? * u,
         };
         let h = match (self.kind, &self.gate) {
-            (MlpKind::Gated, Some(gate)) => gated(gate.forward(x, ctx)?, self.up.forward(x, ctx)?)?,
+            (MlpKind::Gated, Some(gate)) => {
+                let (g, u) = (gate.forward(x, ctx)?, self.up.forward(x, ctx)?);
+                // The activation inside the down projection's op where it can be: its output
+                // is then never kept for backward.
+                if let Some(act) = self.act.fused_gate()
+                    && let Some(y) = self.down.forward_gated(&g, &u, act, ctx)
+                {
+                    return y;
+                }
+                gated(g, u)?
+            }
             (MlpKind::FusedGated, _) => {
                 let y = self.up.forward(x, ctx)?;
                 let n = self.intermediate;

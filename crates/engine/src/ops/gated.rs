@@ -91,6 +91,38 @@ fn gated_backward(gate: &Tensor, up: &Tensor, g: &Tensor, act: GateAct) -> Resul
     Ok(vec![d_gate, d_up])
 }
 
+/// `act(g) ⊙ u` over slices, across the pool.
+pub(crate) fn gated_values(g: &[f32], u: &[f32], act: GateAct) -> Vec<f32> {
+    let mut out = zeroed(g.len());
+    par_chunks(&mut out, ELEMENTS_PER_TASK, |i0, o| {
+        let (g, u) = (&g[i0..i0 + o.len()], &u[i0..i0 + o.len()]);
+        match act {
+            GateAct::Silu => silu_gated(g, u, o),
+            act => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = act.eval(g).0 * u),
+        }
+    });
+    out
+}
+
+/// `(dL/dg, dL/du)` of `act(g) ⊙ u` for the output gradient `dy`, across the pool.
+pub(crate) fn gated_grads(g: &[f32], u: &[f32], dy: &[f32], act: GateAct) -> (Vec<f32>, Vec<f32>) {
+    let (mut dg, mut du) = (zeroed(g.len()), zeroed(g.len()));
+    par_chunks2(&mut dg, &mut du, ELEMENTS_PER_TASK, |i0, dg, du| {
+        let end = i0 + dg.len();
+        let (g, u, dy) = (&g[i0..end], &u[i0..end], &dy[i0..end]);
+        if act == GateAct::Silu {
+            return silu_gated_backward(g, u, dy, dg, du);
+        }
+        let inputs = g.iter().zip(u).zip(dy);
+        for ((dg, du), ((&g, &u), &d)) in dg.iter_mut().zip(du.iter_mut()).zip(inputs) {
+            let (a, da) = act.eval(g);
+            *dg = d * u * da;
+            *du = d * a;
+        }
+    });
+    (dg, du)
+}
+
 struct Gated(GateAct);
 
 impl CustomOp2 for Gated {
@@ -105,15 +137,7 @@ impl CustomOp2 for Gated {
         us: &CpuStorage,
         ul: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (g, u) = (slice(gs, gl)?, slice(us, ul)?);
-        let mut out = zeroed(g.len());
-        par_chunks(&mut out, ELEMENTS_PER_TASK, |i0, o| {
-            let (g, u) = (&g[i0..i0 + o.len()], &u[i0..i0 + o.len()]);
-            match self.0 {
-                GateAct::Silu => silu_gated(g, u, o),
-                act => o.iter_mut().zip(g).zip(u).for_each(|((o, &g), &u)| *o = act.eval(g).0 * u),
-            }
-        });
+        let out = gated_values(slice(gs, gl)?, slice(us, ul)?, self.0);
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 
@@ -124,27 +148,8 @@ impl CustomOp2 for Gated {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dg, du) = with_f32(gate, |g| {
-            with_f32(up, |u| {
-                with_f32(dy, |dy| {
-                    let (mut dg, mut du) = (zeroed(g.len()), zeroed(g.len()));
-                    par_chunks2(&mut dg, &mut du, ELEMENTS_PER_TASK, |i0, dg, du| {
-                        let end = i0 + dg.len();
-                        let (g, u, dy) = (&g[i0..end], &u[i0..end], &dy[i0..end]);
-                        if self.0 == GateAct::Silu {
-                            return silu_gated_backward(g, u, dy, dg, du);
-                        }
-                        let inputs = g.iter().zip(u).zip(dy);
-                        for ((dg, du), ((&g, &u), &d)) in dg.iter_mut().zip(du.iter_mut()).zip(inputs) {
-                            let (a, da) = self.0.eval(g);
-                            *dg = d * u * da;
-                            *du = d * a;
-                        }
-                    });
-                    Ok((dg, du))
-                })
-            })
-        })?;
+        let (dg, du) =
+            with_f32(gate, |g| with_f32(up, |u| with_f32(dy, |dy| Ok(gated_grads(g, u, dy, self.0)))))?;
         let dev = gate.device();
         Ok((Some(Tensor::from_vec(dg, gate.shape(), dev)?), Some(Tensor::from_vec(du, up.shape(), dev)?)))
     }

@@ -195,20 +195,11 @@ pub fn lora_linear(
             b.dims()
         );
     }
-    x.contiguous()?.apply_op3(
-        &a.contiguous()?,
-        &b.contiguous()?,
-        LoraOp {
-            base,
-            scale: scale as f32,
-            dropout,
-            xa: std::sync::Mutex::new(None),
-            kept: std::sync::Mutex::new(None),
-        },
-    )
+    x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, LoraOp::new(base, scale, dropout))
 }
 
-struct LoraOp {
+/// The fused LoRA product over slices; [`super::gated_down`] runs it on an input it computes.
+pub(crate) struct LoraOp {
     base: Arc<dyn FrozenKernel>,
     scale: f32,
     dropout: Option<DropoutSpec>,
@@ -221,6 +212,79 @@ struct LoraOp {
 }
 
 impl LoraOp {
+    pub(crate) fn new(base: Arc<dyn FrozenKernel>, scale: f64, dropout: Option<DropoutSpec>) -> Self {
+        Self {
+            base,
+            scale: scale as f32,
+            dropout,
+            xa: std::sync::Mutex::new(None),
+            kept: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The base's (in, out).
+    pub(crate) fn dims(&self) -> (usize, usize) {
+        self.base.dims()
+    }
+
+    /// `base(x) + scale · (dropout(x) · Aᵀ) · Bᵀ` for `x` `[m, in]`, `a` `[r, in]`, `b` `[out, r]`,
+    /// keeping `dropout(x) · Aᵀ` and the mask for the backward.
+    pub(crate) fn forward_values(&self, x: &[f32], a: &[f32], b: &[f32], r: usize) -> Result<Vec<f32>> {
+        let (k, n) = self.base.dims();
+        let m = x.len() / k;
+        let mut out = zeroed(m * n);
+        self.base.forward_into(x, m, &mut out)?;
+        let bits = self.mask_bits(x.len(), false);
+        let xd = self.dropped(x, bits.as_deref());
+        let mut xa = vec![0f32; m * r];
+        sgemm_par(m, r, k, Mat::rows(&xd, k), Mat::rows_t(a, k), &mut xa, false, 1.0);
+        sgemm_par(m, n, r, Mat::rows(&xa, r), Mat::rows_t(b, r), &mut out, true, self.scale);
+        if let Ok(mut kept) = self.xa.lock() {
+            *kept = Some(xa);
+        }
+        if let Ok(mut kept) = self.kept.lock() {
+            *kept = bits;
+        }
+        Ok(out)
+    }
+
+    /// `(dL/dx if wanted, dL/dA, dL/dB)` for the forward of [`Self::forward_values`] and `dy`.
+    pub(crate) fn backward_values(
+        &self,
+        x: &[f32],
+        a: &[f32],
+        b: &[f32],
+        dy: &[f32],
+        x_needs_grad: bool,
+    ) -> Result<(Option<Vec<f32>>, Vec<f32>, Vec<f32>)> {
+        let (k, n) = self.base.dims();
+        let r = a.len() / k.max(1);
+        let m = x.len() / k;
+        // g = dY · B   [m, r]
+        let mut g = vec![0f32; m * r];
+        sgemm_par(m, r, n, Mat::rows(dy, n), Mat::rows(b, r), &mut g, false, 1.0);
+        let bits = self.mask_bits(x.len(), true);
+        let xd = self.dropped(x, bits.as_deref());
+        let dx = if x_needs_grad { Some(self.input_grad(dy, &g, a, m, bits.as_deref())?) } else { None };
+        // dA = scale · gᵀ · xd   [r, k]
+        let mut da = vec![0f32; r * k];
+        sgemm_par(r, k, m, Mat::rows_t(&g, r), Mat::rows(&xd, k), &mut da, false, self.scale);
+        // dB = scale · dYᵀ · (xd · Aᵀ)   [n, r], with xd · Aᵀ kept by the forward (recomputed
+        // when this op's forward did not run here).
+        let kept = self.xa.lock().ok().and_then(|mut k| k.take()).filter(|v| v.len() == m * r);
+        let xa = match kept {
+            Some(xa) => xa,
+            None => {
+                let mut xa = vec![0f32; m * r];
+                sgemm_par(m, r, k, Mat::rows(&xd, k), Mat::rows_t(a, k), &mut xa, false, 1.0);
+                xa
+            }
+        };
+        let mut db = vec![0f32; n * r];
+        sgemm_par(n, r, m, Mat::rows_t(dy, n), Mat::rows(&xa, r), &mut db, false, self.scale);
+        Ok((dx, da, db))
+    }
+
     /// The dropout mask for `n` elements as bits: the forward's when it kept one (taken, so it
     /// is freed after this backward), else drawn; `None` without dropout.
     fn mask_bits(&self, n: usize, from_forward: bool) -> Option<Vec<u64>> {
@@ -283,22 +347,8 @@ impl CustomOp3 for LoraOp {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, a, b) = (slice(xs, xl)?, slice(as_, al)?, slice(bs, bl)?);
-        let (k, n) = self.base.dims();
-        let r = al.dims()[0];
-        let m = x.len() / k;
-        let mut out = zeroed(m * n);
-        self.base.forward_into(x, m, &mut out)?;
-        let bits = self.mask_bits(x.len(), false);
-        let xd = self.dropped(x, bits.as_deref());
-        let mut xa = vec![0f32; m * r];
-        sgemm_par(m, r, k, Mat::rows(&xd, k), Mat::rows_t(a, k), &mut xa, false, 1.0);
-        sgemm_par(m, n, r, Mat::rows(&xa, r), Mat::rows_t(b, r), &mut out, true, self.scale);
-        if let Ok(mut kept) = self.xa.lock() {
-            *kept = Some(xa);
-        }
-        if let Ok(mut kept) = self.kept.lock() {
-            *kept = bits;
-        }
+        let (_, n) = self.base.dims();
+        let out = self.forward_values(x, a, b, al.dims()[0])?;
         Ok((CpuStorage::F32(out), with_last_dim(xl.dims(), n)))
     }
 
@@ -310,45 +360,11 @@ impl CustomOp3 for LoraOp {
         _res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (k, n) = self.base.dims();
-        let r = a.dim(0)?;
         // The first layer's input comes from frozen embeddings: no product for a gradient nobody reads.
         let x_needs_grad = x.track_op();
         let (dx, da, db) = with_f32(x, |x| {
             with_f32(a, |a| {
-                with_f32(b, |b| {
-                    with_f32(dy, |dy| {
-                        let m = x.len() / k;
-                        // g = dY · B   [m, r]
-                        let mut g = vec![0f32; m * r];
-                        sgemm_par(m, r, n, Mat::rows(dy, n), Mat::rows(b, r), &mut g, false, 1.0);
-                        let bits = self.mask_bits(x.len(), true);
-                        let xd = self.dropped(x, bits.as_deref());
-                        let dx = if x_needs_grad {
-                            Some(self.input_grad(dy, &g, a, m, bits.as_deref())?)
-                        } else {
-                            None
-                        };
-                        // dA = scale · gᵀ · xd   [r, k]
-                        let mut da = vec![0f32; r * k];
-                        sgemm_par(r, k, m, Mat::rows_t(&g, r), Mat::rows(&xd, k), &mut da, false, self.scale);
-                        // dB = scale · dYᵀ · (xd · Aᵀ)   [n, r], with xd · Aᵀ kept by the forward
-                        // (recomputed when this op's forward did not run here).
-                        let kept =
-                            self.xa.lock().ok().and_then(|mut k| k.take()).filter(|v| v.len() == m * r);
-                        let xa = match kept {
-                            Some(xa) => xa,
-                            None => {
-                                let mut xa = vec![0f32; m * r];
-                                sgemm_par(m, r, k, Mat::rows(&xd, k), Mat::rows_t(a, k), &mut xa, false, 1.0);
-                                xa
-                            }
-                        };
-                        let mut db = vec![0f32; n * r];
-                        sgemm_par(n, r, m, Mat::rows_t(dy, n), Mat::rows(&xa, r), &mut db, false, self.scale);
-                        Ok((dx, da, db))
-                    })
-                })
+                with_f32(b, |b| with_f32(dy, |dy| self.backward_values(x, a, b, dy, x_needs_grad)))
             })
         })?;
         let dev = x.device();

@@ -14,6 +14,7 @@ mod cross_entropy;
 mod custom_backward;
 mod frozen_matmul;
 mod gated;
+mod gated_down;
 mod linear_bf16;
 mod linear_matmul;
 mod lora_frozen;
@@ -34,6 +35,7 @@ pub use cross_entropy::{
 };
 pub use frozen_matmul::frozen_matmul;
 pub use gated::{GateAct, gated};
+pub use gated_down::{GatedLora, gated_down};
 pub use linear_matmul::linear_matmul;
 pub use lora_frozen::{DenseBase, FrozenBase, lora_linear_frozen};
 pub use lora_linear::{DenseKernel, DropoutSpec, FrozenKernel, dropout_mask, lora_linear};
