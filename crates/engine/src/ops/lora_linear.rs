@@ -198,6 +198,9 @@ pub fn lora_linear(
     x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, LoraOp::new(base, scale, dropout))
 }
 
+/// `(dL/dx if wanted, dL/dA, dL/dB)` of the fused LoRA product.
+pub(crate) type LoraGrads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>);
+
 /// The fused LoRA product over slices; [`super::gated_down`] runs it on an input it computes.
 pub(crate) struct LoraOp {
     base: Arc<dyn FrozenKernel>,
@@ -256,7 +259,7 @@ impl LoraOp {
         b: &[f32],
         dy: &[f32],
         x_needs_grad: bool,
-    ) -> Result<(Option<Vec<f32>>, Vec<f32>, Vec<f32>)> {
+    ) -> Result<LoraGrads> {
         let (k, n) = self.base.dims();
         let r = a.len() / k.max(1);
         let m = x.len() / k;
