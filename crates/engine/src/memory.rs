@@ -14,7 +14,9 @@
 //!   the targeted projections of every layer; 0 for full (the weights are the trainable part);
 //! - **gradients**: full `P·w`; LoRA/QLoRA `T·4`;
 //! - **optimizer** (AdamW, two f32 moments): `T·8` (full: `T = P`);
-//! - **activations**: one block keeps about `B·S·(10h + 4I)·a` for backward; without gradient
+//! - **activations**: one block keeps about `B·S·(10h + 4I)·a` for backward (`B·S·(9h + 2I)·a`
+//!   with the CPU's fused kernels, which rotate q and k inside attention and apply the gated
+//!   activation inside the down projection, keeping neither result); without gradient
 //!   checkpointing all `L` blocks do, with it only the `L` block inputs `B·S·h·a` plus one block.
 //!   Backward adds one block's gradients (`B·S·(10h + 4I)·a` again) and, once, the attention
 //!   scores of the block it is in, `3·B·H·S²·a` (probabilities, their gradient and the scores':
@@ -45,6 +47,9 @@ pub struct MemoryOptions {
     /// Targeted module names (`q_proj`, `down_proj`, ...); see [`targets_for`].
     pub targets: Vec<String>,
     pub grad_checkpointing: bool,
+    /// The CPU's fused kernels, which keep less per block: rotary positions applied inside
+    /// attention and a gated MLP's activation inside its down projection.
+    pub cpu_kernels: bool,
     /// NF4 block size and double quantization (QLoRA only).
     pub quant_block: usize,
     pub double_quant: bool,
@@ -176,7 +181,7 @@ pub fn estimate(d: &ModelDims, o: &MemoryOptions) -> MemoryEstimate {
         _ => (trainable_params * 4, trainable_params * 4),
     };
     let optimizer = trainable_params * 8;
-    let block = b * s * (10 * h + 4 * i) * a;
+    let block = if o.cpu_kernels { b * s * (9 * h + 2 * i) * a } else { b * s * (10 * h + 4 * i) * a };
     let blocks = if o.grad_checkpointing { l * b * s * h * a + block } else { l * block };
     let backward = block + 3 * b * heads * s * s * a;
     let activations = blocks + backward + b * s * v * (a + 8);
@@ -229,6 +234,7 @@ pub fn options_for(cfg: &TrainConfig, method: MethodKind, default_targets: &[&st
         lora_r: cfg.lora.r,
         targets: targets_for(&cfg.lora.targets, default_targets),
         grad_checkpointing: cfg.train.grad_checkpointing.unwrap_or(method == MethodKind::Qlora),
+        cpu_kernels: cfg.model.device == "cpu" && crate::ops::cpu_kernels_enabled(),
         quant_block: cfg.quant.block_size,
         double_quant: cfg.quant.double_quant,
     }
@@ -262,6 +268,7 @@ mod tests {
             lora_r: 16,
             targets: vec!["q_proj".into(), "v_proj".into()],
             grad_checkpointing: method == MethodKind::Qlora,
+            cpu_kernels: false,
             quant_block: 64,
             double_quant: true,
         }
@@ -339,6 +346,16 @@ mod tests {
             let without = estimate(&d, &o).activations;
             o.grad_checkpointing = true;
             assert!(estimate(&d, &o).activations < without / 4, "{m:?}");
+            // The CPU's fused kernels keep 9h + 2I per token and block instead of 10h + 4I.
+            o.grad_checkpointing = false;
+            o.cpu_kernels = true;
+            let fused = estimate(&d, &o).activations;
+            let block = |per_token: u64| 4 * 1024 * per_token * 2;
+            assert_eq!(
+                without - fused,
+                33 * (block(10 * 4096 + 4 * 11008) - block(9 * 4096 + 2 * 11008)),
+                "{m:?}"
+            );
         }
     }
 
