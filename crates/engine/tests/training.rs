@@ -169,6 +169,31 @@ fn checkpointing_and_accumulation_do_not_change_the_trajectory() {
     assert!(plain[3] < plain[0], "loss should fall: {plain:?}");
 }
 
+/// Full fine-tuning (whose weight gradients bypass candle's store) of a model with tied
+/// embeddings: gradient checkpointing and accumulation leave the trajectory as it is, and the
+/// loss falls.
+#[test]
+fn full_fine_tuning_with_checkpointing_and_accumulation_keeps_its_trajectory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = reference_dataset("llama", tmp.path());
+    let tied = model_dir("llama-tied");
+    let base = ["train.max_steps=4", "method.kind=\"full\""];
+    let run_with = |extra: &[&str], name: &str| {
+        let mut cfg = config("llama", &data, &[&base[..], extra].concat());
+        cfg.model.path = tied.clone();
+        step_losses(&run(&cfg, &tmp.path().join(name)))
+    };
+    let plain = run_with(&[], "plain");
+    let ckpt = run_with(&["train.grad_checkpointing=true"], "ckpt");
+    let accum = run_with(&["train.batch_size=1", "train.grad_accum=2"], "accum");
+    assert_eq!(plain.len(), 4);
+    for i in 0..4 {
+        assert!((plain[i] - ckpt[i]).abs() < 1e-5, "checkpointing changed step {i}: {plain:?} vs {ckpt:?}");
+        assert!((plain[i] - accum[i]).abs() < 1e-5, "accumulation changed step {i}: {plain:?} vs {accum:?}");
+    }
+    assert!(plain[3] < plain[0], "loss should fall: {plain:?}");
+}
+
 #[test]
 fn fresh_lora_equals_base_and_merged_equals_unmerged() {
     let r = reference("llama");

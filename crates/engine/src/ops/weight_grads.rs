@@ -41,3 +41,30 @@ pub fn weight_grad(store: &GradStore, w: &Tensor) -> Result<Option<Tensor>> {
         (a, b) => a.cloned().or(b),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::gradcheck::{assert_close, randn};
+    use candle_core::{Device, Var};
+
+    /// A tied embedding: looked up (candle's store) and used as the output head (deposited). Its
+    /// gradient is the sum of both, as candle's own composition computes it.
+    #[test]
+    fn a_weight_used_twice_gets_both_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&randn(&[7, 4], 1, &dev)?)?;
+        let ids = Tensor::new(&[3u32, 0, 3, 6], &dev)?;
+        let probe = randn(&[4, 7], 2, &dev)?;
+        let loss = |head: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<Tensor> {
+            let h = w.as_tensor().index_select(&ids, 0)?;
+            (head(&h)? * &probe)?.sum_all()
+        };
+        let ours = loss(&|h| crate::ops::linear_matmul(h, w.as_tensor()))?.backward()?;
+        let reference = loss(&|h| h.matmul(&w.as_tensor().t()?))?.backward()?;
+        let got = weight_grad(&ours, w.as_tensor())?.expect("a gradient");
+        assert_close(&got, reference.get(w.as_tensor()).expect("candle's"), 1e-6)?;
+        assert!(take(w.as_tensor()).is_none(), "taken once");
+        Ok(())
+    }
+}
