@@ -42,6 +42,7 @@ for round in $(seq "$ROUNDS"); do
   for cfg in "1 1" "1 4" "2 1" "2 4"; do
     t=${cfg% *} b=${cfg#* }
     echo "r$round t$t b$b ours lora f32 $(ours "$t" "$b" lora f32)"
+    echo "r$round t$t b$b ours lora f32-stored $(ours "$t" "$b" lora f32 'model.frozen_dtype="stored"')"
     echo "r$round t$t b$b ours lora bf16 $(ours "$t" "$b" lora bf16)"
     echo "r$round t$t b$b ours lora bf16-stored $(ours "$t" "$b" lora bf16 'model.frozen_dtype="stored"')"
     echo "r$round t$t b$b peft lora f32 $(peft "$t" "$b" lora f32)"
