@@ -14,9 +14,10 @@
 //!   the targeted projections of every layer; 0 for full (the weights are the trainable part);
 //! - **gradients**: full `P·w`; LoRA/QLoRA `T·4`;
 //! - **optimizer** (AdamW, two f32 moments): `T·8` (full: `T = P`);
-//! - **activations**: one block keeps about `B·S·(10h + 4I)·a` for backward (`B·S·(9h + 2I)·a`
-//!   with the CPU's fused kernels, which rotate q and k inside attention and apply the gated
-//!   activation inside the down projection, keeping neither result); without gradient
+//! - **activations**: one block keeps about `B·S·(10h + 4I)·a` for backward (`B·S·(8h + 2I)·a`
+//!   with the CPU's fused kernels, which rotate q and k inside attention, apply the gated
+//!   activation inside the down projection and add the attention's output projection onto the
+//!   residual stream, keeping none of those results); without gradient
 //!   checkpointing all `L` blocks do, with it only the `L` block inputs `B·S·h·a` plus one block.
 //!   Backward adds one block's gradients (`B·S·(10h + 4I)·a` again) and, once, the attention
 //!   scores of the block it is in, `3·B·H·S²·a` (probabilities, their gradient and the scores':
@@ -48,7 +49,8 @@ pub struct MemoryOptions {
     pub targets: Vec<String>,
     pub grad_checkpointing: bool,
     /// The CPU's fused kernels, which keep less per block: rotary positions applied inside
-    /// attention and a gated MLP's activation inside its down projection.
+    /// attention, a gated MLP's activation inside its down projection, the attention output
+    /// projection's addition onto the residual stream.
     pub cpu_kernels: bool,
     /// NF4 block size and double quantization (QLoRA only).
     pub quant_block: usize,
@@ -181,7 +183,7 @@ pub fn estimate(d: &ModelDims, o: &MemoryOptions) -> MemoryEstimate {
         _ => (trainable_params * 4, trainable_params * 4),
     };
     let optimizer = trainable_params * 8;
-    let block = if o.cpu_kernels { b * s * (9 * h + 2 * i) * a } else { b * s * (10 * h + 4 * i) * a };
+    let block = if o.cpu_kernels { b * s * (8 * h + 2 * i) * a } else { b * s * (10 * h + 4 * i) * a };
     let blocks = if o.grad_checkpointing { l * b * s * h * a + block } else { l * block };
     let backward = block + 3 * b * heads * s * s * a;
     let activations = blocks + backward + b * s * v * (a + 8);
@@ -346,14 +348,14 @@ mod tests {
             let without = estimate(&d, &o).activations;
             o.grad_checkpointing = true;
             assert!(estimate(&d, &o).activations < without / 4, "{m:?}");
-            // The CPU's fused kernels keep 9h + 2I per token and block instead of 10h + 4I.
+            // The CPU's fused kernels keep 8h + 2I per token and block instead of 10h + 4I.
             o.grad_checkpointing = false;
             o.cpu_kernels = true;
             let fused = estimate(&d, &o).activations;
             let block = |per_token: u64| 4 * 1024 * per_token * 2;
             assert_eq!(
                 without - fused,
-                33 * (block(10 * 4096 + 4 * 11008) - block(9 * 4096 + 2 * 11008)),
+                33 * (block(10 * 4096 + 4 * 11008) - block(8 * 4096 + 2 * 11008)),
                 "{m:?}"
             );
         }

@@ -2,9 +2,10 @@
 //! adapter kept in f32 whatever the base dtype (PEFT casts the input to the adapter's dtype too).
 
 use super::{ForwardCtx, Linear};
-use crate::ops::{self, DropoutSpec, GateAct, GatedLora};
+use crate::ops::{self, DropoutSpec, GateAct, LoraParts};
 use crate::rng::Rng;
 use candle_core::{DType, Result, Tensor, Var};
+use std::sync::Arc;
 
 pub struct LoraLinear {
     pub base: Box<dyn Linear>,
@@ -31,6 +32,24 @@ impl LoraLinear {
 }
 
 impl LoraLinear {
+    /// The base's CPU kernel and this adapter, for an op that fuses the projection with its
+    /// neighbours, when `input` runs on the CPU kernels.
+    fn fused_parts(
+        &self,
+        input: &Tensor,
+        ctx: &ForwardCtx,
+    ) -> Option<(Arc<dyn ops::FrozenKernel>, LoraParts<'_>)> {
+        let a = self.a.as_tensor();
+        if !ops::use_cpu_kernels(input) || a.dtype() != DType::F32 {
+            return None;
+        }
+        let kernel = self.base.cpu_kernel()?;
+        Some((
+            kernel,
+            LoraParts { a, b: self.b.as_tensor(), scale: self.scale, dropout: self.dropout_spec(ctx) },
+        ))
+    }
+
     /// This forward pass's dropout mask, if any (drawn from a stream keyed by seed, pass and
     /// module, so recomputation draws the same one).
     fn dropout_spec(&self, ctx: &ForwardCtx) -> Option<DropoutSpec> {
@@ -76,13 +95,16 @@ impl Linear for LoraLinear {
         act: GateAct,
         ctx: &ForwardCtx,
     ) -> Option<Result<Tensor>> {
-        let a = self.a.as_tensor();
-        if !ops::use_cpu_kernels(gate) || a.dtype() != DType::F32 {
+        let (kernel, lora) = self.fused_parts(gate, ctx)?;
+        Some(ops::gated_down(gate, up, act, kernel, Some(lora)))
+    }
+
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor, ctx: &ForwardCtx) -> Option<Result<Tensor>> {
+        if !ops::use_cpu_kernels(residual) {
             return None;
         }
-        let kernel = self.base.cpu_kernel()?;
-        let lora = GatedLora { a, b: self.b.as_tensor(), scale: self.scale, dropout: self.dropout_spec(ctx) };
-        Some(ops::gated_down(gate, up, act, kernel, Some(lora)))
+        let (kernel, lora) = self.fused_parts(x, ctx)?;
+        Some(ops::residual_projection(x, residual, kernel, Some(lora)))
     }
 
     fn dims(&self) -> (usize, usize) {

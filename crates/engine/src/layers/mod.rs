@@ -65,6 +65,14 @@ pub trait Linear: Send + Sync {
         let kernel = self.cpu_kernel()?;
         crate::ops::use_cpu_kernels(gate).then(|| crate::ops::gated_down(gate, up, act, kernel, None))
     }
+    /// `residual + self(x)` as one op that does not keep the projection's output for the
+    /// addition ([`crate::ops::residual_projection`]) where this layer runs on the CPU kernels;
+    /// `None` where the caller must add.
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor, _ctx: &ForwardCtx) -> Option<Result<Tensor>> {
+        let kernel = self.cpu_kernel()?;
+        (crate::ops::use_cpu_kernels(x) && crate::ops::use_cpu_kernels(residual))
+            .then(|| crate::ops::residual_projection(x, residual, kernel, None))
+    }
     /// This frozen base as tensor ops, which lets LoRA run as one op on any device
     /// ([`crate::ops::lora_linear_frozen`]).
     fn frozen_base(&self) -> Option<Arc<dyn FrozenBase>> {

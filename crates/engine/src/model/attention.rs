@@ -288,13 +288,39 @@ impl Attention {
         cache: Option<&mut LayerCache>,
         ctx: &ForwardCtx,
     ) -> candle_core::Result<Tensor> {
+        self.forward_onto(x, kv_source, pos, cache, None, ctx)
+    }
+
+    /// `residual + self-attention(x)`: the output projection adds onto the residual stream in
+    /// one op where it can ([`Linear::forward_residual`]), so its output is not kept for the
+    /// addition.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        pos: AttnPos,
+        cache: Option<&mut LayerCache>,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
+        self.forward_onto(x, None, pos, cache, Some(residual), ctx)
+    }
+
+    fn forward_onto(
+        &self,
+        x: &Tensor,
+        kv_source: Option<&Tensor>,
+        pos: AttnPos,
+        cache: Option<&mut LayerCache>,
+        residual: Option<&Tensor>,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let c = &self.cfg;
         let (hd, nh, nkv) = (c.head_dim, c.heads, c.kv_heads);
         let offset = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         if let Projections::Latent(l) = &self.proj {
             let (q, k, v) = self.latent_qkv(l, x, pos.rope, offset, ctx)?;
-            return self.attend(q, k, v, pos, cache, false, ctx);
+            return self.attend(q, k, v, pos, cache, false, residual, ctx);
         }
         let (mut q, mut k, mut v) = self.project(x, kv_source, ctx)?;
         if let Some(clip) = c.clip {
@@ -323,12 +349,12 @@ impl Attention {
             // itself, and the graph keeps only the unrotated ones.
             if cache.is_none() && pos.bias.is_none() && kv_source.is_none() {
                 let y = ops::attention_rotary(&q, &k, &v, &self.mask(pos, false), rope, offset)?;
-                return self.project_out(y, ctx);
+                return self.project_out(y, residual, ctx);
             }
             q = ops::rope(&q, rope, offset)?;
             k = ops::rope(&k, rope, offset)?;
         }
-        self.attend(q, k, v, pos, cache, kv_source.is_some(), ctx)
+        self.attend(q, k, v, pos, cache, kv_source.is_some(), residual, ctx)
     }
 
     /// Which scores attention keeps, for these positions (`cross`: keys from another sequence).
@@ -344,10 +370,21 @@ impl Attention {
         }
     }
 
-    /// Merges the heads of attention's output `[b, t, heads, dv]` and projects them out.
-    fn project_out(&self, y: Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
+    /// Merges the heads of attention's output `[b, t, heads, dv]` and projects them out, onto
+    /// `residual` when given.
+    fn project_out(
+        &self,
+        y: Tensor,
+        residual: Option<&Tensor>,
+        ctx: &ForwardCtx,
+    ) -> candle_core::Result<Tensor> {
         let (b, t, _, dv) = y.dims4()?;
-        self.o.forward(&y.reshape((b, t, self.cfg.heads * dv))?, ctx)
+        let y = y.reshape((b, t, self.cfg.heads * dv))?;
+        let Some(r) = residual else { return self.o.forward(&y, ctx) };
+        match self.o.forward_residual(&y, r, ctx) {
+            Some(out) => out,
+            None => r + self.o.forward(&y, ctx)?,
+        }
     }
 
     /// Caches keys and values, attends (`[b, t, heads, d]` each), merges heads, projects out.
@@ -360,6 +397,7 @@ impl Attention {
         pos: AttnPos,
         cache: Option<&mut LayerCache>,
         cross: bool,
+        residual: Option<&Tensor>,
         ctx: &ForwardCtx,
     ) -> candle_core::Result<Tensor> {
         if let Some(cache) = cache {
@@ -375,7 +413,7 @@ impl Attention {
             Some(bias) => ops::attention_with_bias(&q, &k, &v, &mask, bias)?,
             None => ops::attention(&q, &k, &v, &mask)?,
         };
-        self.project_out(y, ctx)
+        self.project_out(y, residual, ctx)
     }
 
     /// Trainable variables (adapters, full weights, q/k norms) with their names.

@@ -176,15 +176,18 @@ impl Block {
         ctx: &ForwardCtx,
     ) -> candle_core::Result<Tensor> {
         let h = Self::apply(&self.attn_norm, x)?;
+        if self.residual == Residual::Sequential
+            && self.attn_out_norm.is_none()
+            && self.residual_scale.is_none()
+        {
+            // The output projection adds onto the residual stream itself.
+            let x = self.attn.forward_residual(&h, x, pos, cache, ctx)?;
+            return self.mlp_residual(x, ctx);
+        }
         let a = self.attn.forward(&h, None, pos, cache, ctx)?;
         let a = self.scaled(Self::apply(&self.attn_out_norm, &a)?)?;
         match self.residual {
-            Residual::Sequential => {
-                let x = (x + a)?;
-                let m = self.ff.forward(&Self::apply(&self.mlp_norm, &x)?, ctx)?;
-                let m = self.scaled(Self::apply(&self.mlp_out_norm, &m)?)?;
-                x + m
-            }
+            Residual::Sequential => self.mlp_residual((x + a)?, ctx),
             Residual::Parallel => {
                 let m_in = match &self.mlp_norm {
                     Some(n) => n.forward(x)?,
@@ -195,6 +198,13 @@ impl Block {
                 (x + a)? + m
             }
         }
+    }
+
+    /// The sequential residual's second half: `x + mlp(norm(x))`.
+    fn mlp_residual(&self, x: Tensor, ctx: &ForwardCtx) -> candle_core::Result<Tensor> {
+        let m = self.ff.forward(&Self::apply(&self.mlp_norm, &x)?, ctx)?;
+        let m = self.scaled(Self::apply(&self.mlp_out_norm, &m)?)?;
+        x + m
     }
 
     fn norms(&self) -> impl Iterator<Item = &Norm> {

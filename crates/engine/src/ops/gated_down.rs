@@ -4,25 +4,14 @@
 //! intermediate-sized activations of every block. Here it is a temporary of the forward, and the
 //! backward computes it again (one elementwise pass) where LoRA's `dL/dA` needs it.
 //!
-//! The projection is a frozen base with a CPU kernel, or LoRA over one; the adapter's A and B
-//! travel as one small packed tensor so that the op has three inputs (candle's limit), and
-//! candle's own `cat` backward hands each its gradient.
+//! The projection is a frozen base with a CPU kernel, or LoRA over one (its A and B packed into
+//! one input, [`LoraParts`]).
 
 use super::cpu::{slice, with_f32, with_last_dim};
 use super::gated::{GateAct, gated_grads, gated_values};
-use super::lora_linear::{DropoutSpec, FrozenKernel, LoraOp};
+use super::lora_linear::{FrozenKernel, LoraOp, LoraParts};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use std::sync::Arc;
-
-/// The LoRA adapter of a fused down projection.
-pub struct GatedLora<'a> {
-    /// `[r, in]`
-    pub a: &'a Tensor,
-    /// `[out, r]`
-    pub b: &'a Tensor,
-    pub scale: f64,
-    pub dropout: Option<DropoutSpec>,
-}
 
 /// `base(act(gate) ⊙ up)` (plus LoRA's update when `lora` is given) for `gate` and `up`
 /// `[.., in]` f32 on the CPU.
@@ -31,7 +20,7 @@ pub fn gated_down(
     up: &Tensor,
     act: GateAct,
     base: Arc<dyn FrozenKernel>,
-    lora: Option<GatedLora>,
+    lora: Option<LoraParts>,
 ) -> Result<Tensor> {
     let (in_dim, _) = base.dims();
     if gate.shape() != up.shape() || gate.dim(candle_core::D::Minus1)? != in_dim {
@@ -39,11 +28,7 @@ pub fn gated_down(
     }
     let (gate, up) = (gate.contiguous()?, up.contiguous()?);
     let Some(l) = lora else { return gate.apply_op2(&up, FrozenGatedDown { act, base }) };
-    let (r, a_in) = l.a.dims2()?;
-    if a_in != in_dim || l.b.dims2()?.1 != r {
-        bail!("gated down: A {:?} and B {:?} do not fit {in_dim} inputs", l.a.dims(), l.b.dims());
-    }
-    let packed = Tensor::cat(&[l.a.flatten_all()?, l.b.flatten_all()?], 0)?;
+    let (packed, r) = l.packed(in_dim)?;
     gate.apply_op3(&up, &packed, LoraGatedDown { act, rank: r, lora: LoraOp::new(base, l.scale, l.dropout) })
 }
 
@@ -101,13 +86,6 @@ struct LoraGatedDown {
     lora: LoraOp,
 }
 
-impl LoraGatedDown {
-    /// A and B from the packed adapter.
-    fn split<'a>(&self, packed: &'a [f32]) -> (&'a [f32], &'a [f32]) {
-        packed.split_at(self.rank * self.lora.dims().0)
-    }
-}
-
 impl CustomOp3 for LoraGatedDown {
     fn name(&self) -> &'static str {
         "lora-gated-down"
@@ -123,7 +101,7 @@ impl CustomOp3 for LoraGatedDown {
         pl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let h = gated_values(slice(gs, gl)?, slice(us, ul)?, self.act);
-        let (a, b) = self.split(slice(ps, pl)?);
+        let (a, b) = self.lora.split(slice(ps, pl)?, self.rank);
         let out = self.lora.forward_values(&h, a, b, self.rank)?;
         Ok((CpuStorage::F32(out), with_last_dim(gl.dims(), self.lora.dims().1)))
     }
@@ -142,7 +120,7 @@ impl CustomOp3 for LoraGatedDown {
                 with_f32(packed, |p| {
                     with_f32(dy, |dy| {
                         let h = gated_values(g, u, self.act);
-                        let (a, b) = self.split(p);
+                        let (a, b) = self.lora.split(p, self.rank);
                         let (dh, mut da, db) = self.lora.backward_values(&h, a, b, dy, needs_input_grad)?;
                         let (dg, du) = match dh {
                             Some(dh) => {
@@ -170,7 +148,7 @@ impl CustomOp3 for LoraGatedDown {
 mod tests {
     use super::*;
     use crate::ops::gradcheck::{assert_close, randn};
-    use crate::ops::{DenseKernel, gated, lora_linear};
+    use crate::ops::{DenseKernel, DropoutSpec, gated, lora_linear};
     use candle_core::{Device, Var};
 
     /// Fused and apart give the same values and gradients, frozen and with LoRA (with dropout),
@@ -199,7 +177,7 @@ mod tests {
                 };
                 let (x, y) = (vars()?, vars()?);
                 let [g, u, a, b] = x.each_ref().map(|v| v.as_tensor());
-                let adapter = lora.then_some(GatedLora { a, b, scale: 1.5, dropout });
+                let adapter = lora.then_some(LoraParts { a, b, scale: 1.5, dropout });
                 let fused = gated_down(g, u, act, kernel.clone(), adapter)?;
                 let [g2, u2, a2, b2] = y.each_ref().map(|v| v.as_tensor());
                 let h = gated(g2, u2, act)?;

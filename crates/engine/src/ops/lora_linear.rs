@@ -198,6 +198,31 @@ pub fn lora_linear(
     x.contiguous()?.apply_op3(&a.contiguous()?, &b.contiguous()?, LoraOp::new(base, scale, dropout))
 }
 
+/// A LoRA adapter handed to an op that fuses its projection with what comes before or after it
+/// ([`super::gated_down`], [`super::residual_projection`]): A and B travel as one small packed
+/// tensor ([`LoraParts::packed`]), so that such an op keeps candle's three inputs, and candle's
+/// own `cat` backward hands each its gradient.
+pub struct LoraParts<'a> {
+    /// `[r, in]`
+    pub a: &'a Tensor,
+    /// `[out, r]`
+    pub b: &'a Tensor,
+    pub scale: f64,
+    pub dropout: Option<DropoutSpec>,
+}
+
+impl LoraParts<'_> {
+    /// A and B flattened into one tensor, after checking they fit a base with `in_dim` inputs;
+    /// and the rank.
+    pub(crate) fn packed(&self, in_dim: usize) -> Result<(Tensor, usize)> {
+        let (r, a_in) = self.a.dims2()?;
+        if a_in != in_dim || self.b.dims2()?.1 != r {
+            bail!("lora: A {:?} and B {:?} do not fit {in_dim} inputs", self.a.dims(), self.b.dims());
+        }
+        Ok((Tensor::cat(&[self.a.flatten_all()?, self.b.flatten_all()?], 0)?, r))
+    }
+}
+
 /// `(dL/dx if wanted, dL/dA, dL/dB)` of the fused LoRA product.
 pub(crate) type LoraGrads = (Option<Vec<f32>>, Vec<f32>, Vec<f32>);
 
@@ -228,6 +253,11 @@ impl LoraOp {
     /// The base's (in, out).
     pub(crate) fn dims(&self) -> (usize, usize) {
         self.base.dims()
+    }
+
+    /// A and B of rank `r` from a [`LoraParts::packed`] adapter.
+    pub(crate) fn split<'a>(&self, packed: &'a [f32], r: usize) -> (&'a [f32], &'a [f32]) {
+        packed.split_at(r * self.base.dims().0)
     }
 
     /// `base(x) + scale · (dropout(x) · Aᵀ) · Bᵀ` for `x` `[m, in]`, `a` `[r, in]`, `b` `[out, r]`,

@@ -20,6 +20,7 @@ mod linear_matmul;
 mod lora_frozen;
 mod lora_linear;
 mod norm;
+mod residual_projection;
 mod rope;
 mod vexp;
 pub mod weight_grads;
@@ -35,11 +36,12 @@ pub use cross_entropy::{
 };
 pub use frozen_matmul::frozen_matmul;
 pub use gated::{GateAct, gated};
-pub use gated_down::{GatedLora, gated_down};
+pub use gated_down::gated_down;
 pub use linear_matmul::linear_matmul;
 pub use lora_frozen::{DenseBase, FrozenBase, lora_linear_frozen};
-pub use lora_linear::{DenseKernel, DropoutSpec, FrozenKernel, dropout_mask, lora_linear};
+pub use lora_linear::{DenseKernel, DropoutSpec, FrozenKernel, LoraParts, dropout_mask, lora_linear};
 pub use norm::{layer_norm, rms_norm};
+pub use residual_projection::residual_projection;
 pub use rope::{RopeLayout, RopeTables, Rotation, rope};
 
 use candle_core::{DType, Device, Tensor};
