@@ -27,7 +27,7 @@ impl GradAccumulator {
         for (slot, (_, var)) in self.grads.iter_mut().zip(params) {
             if let Some(g) = weight_grads::weight_grad(store, var.as_tensor())? {
                 *slot = Some(match slot.take() {
-                    Some(acc) => (acc + g)?,
+                    Some(acc) => weight_grads::accumulate(acc, &g)?,
                     None => g,
                 });
             }
