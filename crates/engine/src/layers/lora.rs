@@ -29,11 +29,9 @@ impl LoraLinear {
     pub fn delta(&self) -> Result<Tensor> {
         self.b.as_tensor().matmul(self.a.as_tensor())? * self.scale
     }
-}
 
-impl LoraLinear {
-    /// The base's CPU kernel and this adapter, for an op that fuses the projection with its
-    /// neighbours, when `input` runs on the CPU kernels.
+    /// The base's CPU kernel and this adapter, for the fused CPU ops (alone, or with the
+    /// projection's neighbours), when `input` runs on the CPU kernels.
     fn fused_parts(
         &self,
         input: &Tensor,
@@ -63,14 +61,11 @@ impl LoraLinear {
 
 impl Linear for LoraLinear {
     fn forward(&self, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        if let Some((kernel, l)) = self.fused_parts(x, ctx) {
+            return ops::lora_linear(x, l.a, l.b, kernel, l.scale, l.dropout);
+        }
         let a = self.a.as_tensor();
         let dropout = self.dropout_spec(ctx);
-        if ops::use_cpu_kernels(x)
-            && a.dtype() == DType::F32
-            && let Some(kernel) = self.base.cpu_kernel()
-        {
-            return ops::lora_linear(x, a, self.b.as_tensor(), kernel, self.scale, dropout);
-        }
         if let Some(base) = self.base.frozen_base() {
             return ops::lora_linear_frozen(x, a, self.b.as_tensor(), base, self.scale, dropout);
         }

@@ -23,6 +23,90 @@ pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Re
     }
 }
 
+/// A value a CPU kernel computes with in f32: f32 itself, or bf16 — widened exactly and rounded
+/// back to nearest even (as `to_dtype` rounds). Both are branch-free, so loops over them
+/// vectorise.
+pub(crate) trait Value: Copy + Send + Sync {
+    fn widen(self) -> f32;
+    fn narrow(v: f32) -> Self;
+}
+
+impl Value for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn narrow(v: f32) -> Self {
+        v
+    }
+}
+
+impl Value for half::bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    #[inline(always)]
+    fn narrow(v: f32) -> Self {
+        half::bf16::from_bits(super::amx::bf16_bits(v))
+    }
+}
+
+/// Whether the CPU runs AVX-512 F, BW and VL. The crate is built for baseline x86-64, where
+/// loops over f32/bf16 stay narrow, so hot loops are compiled a second time with
+/// `#[target_feature]` and picked with this: the same IEEE operations (none are fused), the
+/// same bits.
+pub(crate) fn avx512_wide() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *WIDE.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512vl")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[inline(always)]
+fn add_chunk<V: Value>(acc: &mut [V], src: &[V]) {
+    let src = &src[..acc.len()];
+    for i in 0..acc.len() {
+        acc[i] = V::narrow(acc[i].widen() + src[i].widen());
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn add_chunk_avx512<V: Value>(acc: &mut [V], src: &[V]) {
+    add_chunk(acc, src)
+}
+
+/// `acc[i] += src[i]` (rounded back for bf16), across the pool for long slices.
+pub(crate) fn add_assign<V: Value>(acc: &mut [V], src: &[V]) {
+    let add = |a: &mut [V], b: &[V]| {
+        #[cfg(target_arch = "x86_64")]
+        if avx512_wide() {
+            // SAFETY: the CPU has AVX-512 F/BW/VL (checked).
+            return unsafe { add_chunk_avx512(a, b) };
+        }
+        add_chunk(a, b)
+    };
+    if threads() > 1 && acc.len() > ELEMENTS_PER_TASK {
+        use rayon::prelude::*;
+        acc.par_chunks_mut(ELEMENTS_PER_TASK)
+            .zip(src.par_chunks(ELEMENTS_PER_TASK))
+            .for_each(|(a, b)| add(a, b));
+    } else {
+        add(acc, src);
+    }
+}
+
 /// `x · wᵀ` for `x` `[.., k]` and `w` `[n, k]` (a projection's forward): the `[.., n]` values.
 pub(crate) fn xwt(x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
     let k = w.len() / n.max(1);

@@ -101,8 +101,7 @@ impl CustomOp3 for LoraGatedDown {
         pl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let h = gated_values(slice(gs, gl)?, slice(us, ul)?, self.act);
-        let (a, b) = self.lora.split(slice(ps, pl)?, self.rank);
-        let out = self.lora.forward_values(&h, a, b, self.rank)?;
+        let out = self.lora.forward_packed(&h, slice(ps, pl)?, self.rank)?;
         Ok((CpuStorage::F32(out), with_last_dim(gl.dims(), self.lora.dims().1)))
     }
 
@@ -120,8 +119,7 @@ impl CustomOp3 for LoraGatedDown {
                 with_f32(packed, |p| {
                     with_f32(dy, |dy| {
                         let h = gated_values(g, u, self.act);
-                        let (a, b) = self.lora.split(p, self.rank);
-                        let (dh, mut da, db) = self.lora.backward_values(&h, a, b, dy, needs_input_grad)?;
+                        let (dh, dp) = self.lora.backward_packed(&h, p, self.rank, dy, needs_input_grad)?;
                         let (dg, du) = match dh {
                             Some(dh) => {
                                 let (dg, du) = gated_grads(g, u, &dh, self.act);
@@ -129,8 +127,7 @@ impl CustomOp3 for LoraGatedDown {
                             }
                             None => (None, None),
                         };
-                        da.extend_from_slice(&db);
-                        Ok((dg, du, da))
+                        Ok((dg, du, dp))
                     })
                 })
             })

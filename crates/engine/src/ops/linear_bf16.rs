@@ -13,7 +13,7 @@
 //! weight changes at every optimizer step, so nothing is laid out ahead of time.
 
 use super::amx::{self, Weight};
-use super::cpu::{Mat, sgemm_par, slice, with_f32, with_last_dim, zeroed};
+use super::cpu::{Mat, Value, sgemm_par, slice, with_f32, with_last_dim, zeroed};
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, bail};
 use half::bf16;
 use half::vec::HalfBitsVecExt;
@@ -51,14 +51,14 @@ fn with_bits<R>(t: &Tensor, f: impl FnOnce(&[u16]) -> Result<R>) -> Result<R> {
 
 /// bf16 bits widened to f32 (exact).
 fn widened(w: &[u16]) -> Vec<f32> {
-    w.iter().map(|&b| f32::from_bits((b as u32) << 16)).collect()
+    w.iter().map(|&b| bf16::from_bits(b).widen()).collect()
 }
 
 /// f32 values rounded to bf16 (to nearest even).
 fn rounded(v: &[f32]) -> Vec<bf16> {
     let mut out = vec![0u16; v.len()];
     amx::convert_into(v, &mut out);
-    out.into_iter().map(bf16::from_bits).collect()
+    out.reinterpret_into()
 }
 
 /// `Gᵀ` for `g` `[m, n]` as bf16 rows `[n', m']` (`n'`, `m'` rounded up to multiples of 32,

@@ -256,8 +256,30 @@ impl LoraOp {
     }
 
     /// A and B of rank `r` from a [`LoraParts::packed`] adapter.
-    pub(crate) fn split<'a>(&self, packed: &'a [f32], r: usize) -> (&'a [f32], &'a [f32]) {
+    fn split<'a>(&self, packed: &'a [f32], r: usize) -> (&'a [f32], &'a [f32]) {
         packed.split_at(r * self.base.dims().0)
+    }
+
+    /// [`Self::forward_values`] for an adapter of rank `r` packed by [`LoraParts::packed`].
+    pub(crate) fn forward_packed(&self, x: &[f32], packed: &[f32], r: usize) -> Result<Vec<f32>> {
+        let (a, b) = self.split(packed, r);
+        self.forward_values(x, a, b, r)
+    }
+
+    /// [`Self::backward_values`] for a packed adapter: dL/dx if wanted, and the packed
+    /// adapter's gradient (dL/dA then dL/dB).
+    pub(crate) fn backward_packed(
+        &self,
+        x: &[f32],
+        packed: &[f32],
+        r: usize,
+        dy: &[f32],
+        x_needs_grad: bool,
+    ) -> Result<(Option<Vec<f32>>, Vec<f32>)> {
+        let (a, b) = self.split(packed, r);
+        let (dx, mut da, db) = self.backward_values(x, a, b, dy, x_needs_grad)?;
+        da.extend_from_slice(&db);
+        Ok((dx, da))
     }
 
     /// `base(x) + scale · (dropout(x) · Aᵀ) · Bᵀ` for `x` `[m, in]`, `a` `[r, in]`, `b` `[out, r]`,

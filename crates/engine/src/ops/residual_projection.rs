@@ -5,7 +5,7 @@
 //! frozen with a CPU kernel, or LoRA over one (its A and B packed into one input,
 //! [`LoraParts`]).
 
-use super::cpu::{ELEMENTS_PER_TASK, par_chunks, slice, with_f32, zeroed};
+use super::cpu::{add_assign, slice, with_f32, zeroed};
 use super::lora_linear::{FrozenKernel, LoraOp, LoraParts};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use std::sync::Arc;
@@ -36,14 +36,6 @@ pub fn residual_projection(
     x.apply_op3(&residual, &packed, LoraResidual { rank, lora: LoraOp::new(base, l.scale, l.dropout) })
 }
 
-/// `out += residual`, across the pool.
-fn add_residual(out: &mut [f32], residual: &[f32]) {
-    par_chunks(out, ELEMENTS_PER_TASK, |i0, o| {
-        let r = &residual[i0..i0 + o.len()];
-        o.iter_mut().zip(r).for_each(|(o, r)| *o += r)
-    });
-}
-
 struct FrozenResidual {
     base: Arc<dyn FrozenKernel>,
 }
@@ -65,7 +57,7 @@ impl CustomOp2 for FrozenResidual {
         let m = x.len() / k.max(1);
         let mut out = zeroed(m * n);
         self.base.forward_into(x, m, &mut out)?;
-        add_residual(&mut out, residual);
+        add_assign(&mut out, residual);
         Ok((CpuStorage::F32(out), rl.shape().clone()))
     }
 
@@ -111,9 +103,8 @@ impl CustomOp3 for LoraResidual {
         ps: &CpuStorage,
         pl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = self.lora.split(slice(ps, pl)?, self.rank);
-        let mut out = self.lora.forward_values(slice(xs, xl)?, a, b, self.rank)?;
-        add_residual(&mut out, slice(rs, rl)?);
+        let mut out = self.lora.forward_packed(slice(xs, xl)?, slice(ps, pl)?, self.rank)?;
+        add_assign(&mut out, slice(rs, rl)?);
         Ok((CpuStorage::F32(out), rl.shape().clone()))
     }
 
@@ -127,12 +118,7 @@ impl CustomOp3 for LoraResidual {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dp) = with_f32(x, |xv| {
             with_f32(packed, |p| {
-                with_f32(g, |gv| {
-                    let (a, b) = self.lora.split(p, self.rank);
-                    let (dx, mut da, db) = self.lora.backward_values(xv, a, b, gv, x.track_op())?;
-                    da.extend_from_slice(&db);
-                    Ok((dx, da))
-                })
+                with_f32(g, |gv| self.lora.backward_packed(xv, p, self.rank, gv, x.track_op()))
             })
         })?;
         let dev = x.device();

@@ -5,9 +5,9 @@
 //! ([`super::linear_matmul`]) deposit dL/dW here under the weight's id instead and return no
 //! gradient for it; [`weight_grad`] gives a parameter's whole gradient from both places.
 
+use super::cpu::add_assign;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, TensorId, bail};
-use half::bf16;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
@@ -49,51 +49,6 @@ pub(crate) fn accumulate(acc: Tensor, g: &Tensor) -> Result<Tensor> {
 
 struct AddInPlace;
 
-/// `acc[i] += g[i]`, rounded to bf16 as candle's bf16 add rounds (to nearest even).
-fn add_bf16(acc: &mut [bf16], g: &[bf16]) {
-    let g = &g[..acc.len()];
-    for (a, &b) in acc.iter_mut().zip(g) {
-        let sum = f32::from_bits((a.to_bits() as u32) << 16) + f32::from_bits((b.to_bits() as u32) << 16);
-        let bits = sum.to_bits();
-        let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
-        *a = bf16::from_bits(if sum.is_nan() { ((bits >> 16) | 0x40) as u16 } else { rounded });
-    }
-}
-
-fn add_f32(acc: &mut [f32], g: &[f32]) {
-    let g = &g[..acc.len()];
-    acc.iter_mut().zip(g).for_each(|(a, b)| *a += b);
-}
-
-/// [`add_bf16`] and [`add_f32`] compiled for AVX-512 (the crate's baseline keeps them narrow).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn add_avx512<T>(acc: &mut [T], g: &[T], add: fn(&mut [T], &[T])) {
-    add(acc, g)
-}
-
-fn add_chunk<T>(acc: &mut [T], g: &[T], add: fn(&mut [T], &[T])) {
-    #[cfg(target_arch = "x86_64")]
-    if super::vexp::avx512()
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vl")
-    {
-        // SAFETY: the CPU has AVX-512 F/BW/VL (checked).
-        return unsafe { add_avx512(acc, g, add) };
-    }
-    add(acc, g)
-}
-
-fn add_par<T: Send + Sync>(acc: &mut [T], g: &[T], add: fn(&mut [T], &[T])) {
-    const CHUNK: usize = 1 << 15;
-    if super::cpu::threads() > 1 && acc.len() > CHUNK {
-        use rayon::prelude::*;
-        acc.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(a, b)| add_chunk(a, b, add));
-    } else {
-        add_chunk(acc, g, add);
-    }
-}
-
 impl InplaceOp2 for AddInPlace {
     fn name(&self) -> &'static str {
         "add-in-place"
@@ -104,8 +59,8 @@ impl InplaceOp2 for AddInPlace {
             bail!("add in place: contiguous tensors expected")
         };
         match (a, b) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => add_par(&mut a[a0..a1], &b[b0..b1], add_f32),
-            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => add_par(&mut a[a0..a1], &b[b0..b1], add_bf16),
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => add_assign(&mut a[a0..a1], &b[b0..b1]),
+            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => add_assign(&mut a[a0..a1], &b[b0..b1]),
             _ => bail!("add in place: two f32 or two bf16 tensors expected"),
         }
         Ok(())

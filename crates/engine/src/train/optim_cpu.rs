@@ -5,6 +5,7 @@
 //! operation for operation (scalars rounded to f32 the way candle's `affine` rounds them), so both
 //! paths give bit-identical parameters.
 
+use crate::ops::cpu::{Value, avx512_wide};
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, bail};
 use std::cell::RefCell;
 
@@ -112,39 +113,6 @@ pub(super) fn sum_squares(t: &Tensor) -> Result<Option<f64>> {
     })
 }
 
-/// A parameter or gradient value the fused pass reads (and for a parameter writes back): f32,
-/// or bf16 — widened exactly, and rounded back to nearest even as `to_dtype` rounds it. Both are
-/// branch-free so that the pass vectorises.
-trait Value: Copy + Send + Sync {
-    fn widen(self) -> f32;
-    fn narrow(v: f32) -> Self;
-}
-
-impl Value for f32 {
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        self
-    }
-    #[inline(always)]
-    fn narrow(v: f32) -> Self {
-        v
-    }
-}
-
-impl Value for half::bf16 {
-    #[inline(always)]
-    fn widen(self) -> f32 {
-        f32::from_bits((self.to_bits() as u32) << 16)
-    }
-    #[inline(always)]
-    fn narrow(v: f32) -> Self {
-        let b = v.to_bits();
-        let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
-        let nan = ((b >> 16) | 0x40) as u16;
-        half::bf16::from_bits(if v.is_nan() { nan } else { rounded })
-    }
-}
-
 /// The per-step constants as the f32 values the arithmetic uses.
 #[derive(Clone, Copy)]
 struct Consts {
@@ -186,8 +154,7 @@ fn update_chunk<P: Value, G: Value>(c: &Consts, p: &mut [P], m: &mut [f32], v: &
     }
 }
 
-/// [`update_chunk`] compiled for AVX-512 (16 values per instruction; the same IEEE operations,
-/// none fused, so the same bits).
+/// [`update_chunk`] compiled for AVX-512 (16 values per instruction, the same bits).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn update_chunk_avx512<P: Value, G: Value>(
@@ -202,10 +169,7 @@ unsafe fn update_chunk_avx512<P: Value, G: Value>(
 
 fn update<P: Value, G: Value>(c: &Consts, p: &mut [P], m: &mut [f32], v: &mut [f32], g: &[G]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vl")
-    {
+    if avx512_wide() {
         // SAFETY: the CPU has AVX-512 F/BW/VL (checked).
         return unsafe { update_chunk_avx512(c, p, m, v, g) };
     }

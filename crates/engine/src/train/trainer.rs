@@ -7,7 +7,7 @@ use super::checkpoint::{self, TrainerState};
 use super::eta::{Eta, EtaPlan};
 use super::events::{EventSink, Interrupter, MemoryStats, StopRequest, TrainEvent};
 use super::faults::{Fault, Faults};
-use super::optim::{AdamW, AdamWConfig, clip_coefficient, grad_norm};
+use super::optim::{self, AdamW, AdamWConfig, clip_coefficient};
 use super::plan::adapter_plan;
 use super::recovery::{LossGuard, Verdict, lr_factor, rollback_suggestion};
 use super::schedule::{ScheduleKind, lr_at};
@@ -380,9 +380,9 @@ pub fn train_with(
             });
         }
         let grads = acc.finish(&params)?;
-        let norm = grad_norm(&grads)?;
-        // The one host synchronisation of the step: the metrics we report, read before the
-        // update so that a bad step never reaches the weights.
+        // The step's host synchronisations: the metrics we report (the loss, the gradient norm,
+        // which also gives the clipping coefficient), read before the update so that a bad step
+        // never reaches the weights.
         let mut loss = match &loss_sum {
             Some(s) => s.to_scalar::<f32>()? as f64 / n_total.max(1) as f64,
             None => f64::NAN,
@@ -390,7 +390,7 @@ pub fn train_with(
         if faults.at(Fault::Nan, state.step + 1) {
             loss = f64::NAN;
         }
-        let grad_norm = norm;
+        let grad_norm = optim::grad_norm(&grads)?;
         if let Verdict::Rollback { kind, reason } = guard.observe(loss, grad_norm) {
             drop(grads);
             alert(

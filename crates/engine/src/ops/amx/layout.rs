@@ -5,14 +5,13 @@ use super::{T, fits, tiles};
 use crate::ops::cpu::threads;
 use std::mem::MaybeUninit;
 
-/// f32 to bf16 bits, rounding to nearest even (NaN stays NaN).
-#[inline]
+/// f32 to bf16 bits, rounding to nearest even (NaN stays NaN), as `half` rounds. Branch-free,
+/// so that loops calling it vectorise.
+#[inline(always)]
 pub fn bf16_bits(x: f32) -> u16 {
     let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+    let rounded = (b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16) as u16;
+    if x.is_nan() { ((b >> 16) | 0x40) as u16 } else { rounded }
 }
 
 /// A buffer of `len` values written chunk by chunk (`chunk` values each, across the kernel pool)
