@@ -216,11 +216,15 @@ pub fn options_for(cfg: &TrainConfig, method: MethodKind, default_targets: &[&st
     } else {
         weight_bytes
     };
-    // `stored` keeps 16-bit checkpoints as they are (the usual case; an f32 checkpoint stays f32).
+    // `stored` (and `auto` where it means stored) keeps 16-bit checkpoints as they are (the usual
+    // case; an f32 checkpoint stays f32).
     // bf16 products on this machine's AMX tile unit hold each weight twice (as stored, and laid
     // out for the input gradient) unless `stored` asks for the stored values only: 4 bytes;
     // elsewhere 2.
-    let stored = cfg.model.frozen_dtype == "stored";
+    let stored = match cfg.model.frozen_dtype.as_str() {
+        "stored" => true,
+        _ => cfg.model.device == "cpu" && cfg.model.keeps_stored_dtype(),
+    };
     let frozen_projection_bytes = match (cpu_bf16_products, stored) {
         (true, false) if method == MethodKind::Lora && crate::ops::amx::available() => Some(4),
         (true, _) | (false, true) if weight_bytes > 2 => Some(2),
@@ -419,6 +423,7 @@ mod tests {
     fn a_stored_frozen_base_counts_its_projections_at_two_bytes() {
         let mut cfg = TrainConfig::default();
         cfg.model.device = "cpu".into(); // auto dtype: f32 compute
+        cfg.model.frozen_dtype = "compute".into();
         let compute = options_for(&cfg, MethodKind::Lora, &["q_proj", "v_proj"]);
         cfg.model.frozen_dtype = "stored".into();
         let stored = options_for(&cfg, MethodKind::Lora, &["q_proj", "v_proj"]);
@@ -433,5 +438,24 @@ mod tests {
             estimate(&d, &options_for(&cfg, MethodKind::Full, &[])).weights,
             4 * d.parameter_count() as u64
         );
+    }
+
+    #[test]
+    fn auto_counts_the_base_as_stored_where_the_cpu_multiplies_it_as_stored() {
+        let mut cfg = TrainConfig::default();
+        assert_eq!(cfg.model.frozen_dtype, "auto");
+        cfg.model.device = "cpu".into();
+        let fused = crate::quant::fused_half_products() && crate::ops::cpu_kernels_enabled();
+        let bytes =
+            |cfg: &TrainConfig| options_for(cfg, MethodKind::Lora, &["q_proj"]).frozen_projection_bytes;
+        assert_eq!(bytes(&cfg), if fused { Some(2) } else { None }, "f32 compute on the CPU");
+        // bf16 compute keeps its layout for the tile unit; a GPU holds what it computes in.
+        cfg.model.dtype = "bf16".into();
+        let mut compute = cfg.clone();
+        compute.model.frozen_dtype = "compute".into();
+        assert_eq!(bytes(&cfg), bytes(&compute));
+        cfg.model.dtype = "f32".into();
+        cfg.model.device = "cuda".into();
+        assert_eq!(bytes(&cfg), None);
     }
 }

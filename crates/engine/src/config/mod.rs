@@ -35,9 +35,29 @@ pub struct ModelSection {
     /// auto, cpu, cuda, cuda:N or metal.
     pub device: String,
     /// How a frozen base (LoRA, evaluation) is held when the run computes in f32 on the CPU:
-    /// `compute` (an f32 copy, the fastest) or `stored` (the checkpoint's bf16/f16 values, half
-    /// the memory, widened exactly inside each product: the same results).
+    /// `compute` (an f32 copy), `stored` (the checkpoint's bf16/f16 values, half the memory,
+    /// widened exactly inside each product: the same results) or `auto` (see
+    /// [`ModelSection::keeps_stored_dtype`]).
     pub frozen_dtype: String,
+}
+
+impl ModelSection {
+    /// Whether a frozen 16-bit base stays as stored: `stored`, or `auto` for a run computing in
+    /// f32 (or `auto` dtype, f32 on the CPU) where the CPU kernels widen W as they pack it
+    /// ([`crate::quant::fused_half_products`]): there the stored base is as fast as an f32 copy
+    /// at half its memory. Elsewhere `auto` is `compute` (bf16 products keep their prepared
+    /// layout; on a GPU the setting does nothing).
+    pub fn keeps_stored_dtype(&self) -> bool {
+        match self.frozen_dtype.as_str() {
+            "stored" => true,
+            "auto" => {
+                matches!(self.dtype.as_str(), "auto" | "f32")
+                    && crate::ops::cpu_kernels_enabled()
+                    && crate::quant::fused_half_products()
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Default for ModelSection {
@@ -46,7 +66,7 @@ impl Default for ModelSection {
             path: PathBuf::new(),
             dtype: "auto".into(),
             device: "auto".into(),
-            frozen_dtype: "compute".into(),
+            frozen_dtype: "auto".into(),
         }
     }
 }

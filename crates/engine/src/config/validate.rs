@@ -86,7 +86,7 @@ fn range(errors: &mut Vec<FieldError>, key: &str, value: f64, lo: f64, hi: f64, 
 pub(super) fn check(c: &TrainConfig) -> Vec<FieldError> {
     let mut e = Vec::new();
     one_of(&mut e, "model.dtype", &c.model.dtype, &["auto", "f32", "bf16", "f16"]);
-    one_of(&mut e, "model.frozen_dtype", &c.model.frozen_dtype, &["compute", "stored"]);
+    one_of(&mut e, "model.frozen_dtype", &c.model.frozen_dtype, &["auto", "compute", "stored"]);
     let device = c.model.device.as_str();
     let cuda_n = device.strip_prefix("cuda:").map(|n| n.parse::<usize>().is_ok()).unwrap_or(false);
     if !(matches!(device, "auto" | "cpu" | "cuda" | "metal") || cuda_n) {

@@ -41,7 +41,7 @@ pub fn adapter_plan(cfg: &TrainConfig, spec: &TargetInfo) -> Result<(AdapterPlan
         targets,
         seed: cfg.train.seed,
         init_from: None,
-        keep_stored_dtype: cfg.model.frozen_dtype == "stored",
+        keep_stored_dtype: cfg.model.keeps_stored_dtype(),
         bf16_products: false,
     };
     if let (Some(dir), true) = (&cfg.lora.init_from, cfg.method.kind != MethodKind::Full) {
@@ -56,7 +56,7 @@ pub fn adapter_plan(cfg: &TrainConfig, spec: &TargetInfo) -> Result<(AdapterPlan
         let dropout = plan.dropout;
         plan = adapter.plan(cfg.method.kind, cfg.train.seed);
         plan.dropout = dropout;
-        plan.keep_stored_dtype = cfg.model.frozen_dtype == "stored";
+        plan.keep_stored_dtype = cfg.model.keeps_stored_dtype();
     }
     Ok((plan, notes))
 }
