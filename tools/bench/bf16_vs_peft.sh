@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # LoRA r16 (all linear layers) in f32 and bf16, ours against PyTorch + PEFT on the same CPU, with
+# ours in f32 both with the default frozen base (`auto`: the stored bf16 values where the CPU
+# multiplies them as stored) and with an f32 copy of it (`f32-copy`), and
 # full fine-tuning beside them; 1 and 2 threads, batch 1 and 4 (x 128 tokens), ROUNDS
 # interleaved rounds, with full fine-tuning in f32 and bf16 (ours) and bf16 (PyTorch). Each line:
 # round, threads, batch, implementation, method, dtype, median tokens/s of steps 2..STEPS, step
@@ -42,7 +44,7 @@ for round in $(seq "$ROUNDS"); do
   for cfg in "1 1" "1 4" "2 1" "2 4"; do
     t=${cfg% *} b=${cfg#* }
     echo "r$round t$t b$b ours lora f32 $(ours "$t" "$b" lora f32)"
-    echo "r$round t$t b$b ours lora f32-stored $(ours "$t" "$b" lora f32 'model.frozen_dtype="stored"')"
+    echo "r$round t$t b$b ours lora f32-copy $(ours "$t" "$b" lora f32 'model.frozen_dtype="compute"')"
     echo "r$round t$t b$b ours lora bf16 $(ours "$t" "$b" lora bf16)"
     echo "r$round t$t b$b ours lora bf16-stored $(ours "$t" "$b" lora bf16 'model.frozen_dtype="stored"')"
     echo "r$round t$t b$b peft lora f32 $(peft "$t" "$b" lora f32)"

@@ -47,7 +47,7 @@ export const FIELDS: { title: string; fields: FieldDef[] }[] = [
     { key: 'method.kind', label: 'Method', kind: 'select', options: ['lora', 'qlora', 'full'] },
     { key: 'model.device', label: 'Device', kind: 'text', help: 'auto, cpu, cuda, cuda:N, metal' },
     { key: 'model.dtype', label: 'Precision', kind: 'select', options: ['auto', 'f32', 'bf16', 'f16'] },
-    { key: 'model.frozen_dtype', label: 'Frozen base (CPU, f32)', kind: 'select', options: ['compute', 'stored'], help: 'stored: a bf16/f16 base in half the memory, same results, a little slower' },
+    { key: 'model.frozen_dtype', label: 'Frozen base (CPU, f32)', kind: 'select', options: ['auto', 'compute', 'stored'], help: 'stored: a bf16/f16 base in half the memory, same results; auto: stored where this CPU multiplies it as fast as an f32 copy' },
   ] },
   { title: 'Training', fields: [
     { key: 'train.lr', label: 'Learning rate', kind: 'number', step: 'any', help: 'Peak rate, (0, 1]' },

@@ -128,13 +128,11 @@ unsafe fn columns(
     let mut packed_b = PackedB::take();
     // a's rows are usually a power of two of floats apart, which puts a tile's rows in one L1
     // set (a third slower): its depth block is copied to rows KC apart first.
-    let mut a_block = vec![0f32; m * KC];
     let tiles = m.div_ceil(MR);
+    let mut a_block = vec![0f32; tiles * MR * KC];
     for pc in (0..k).step_by(KC) {
         let kc = KC.min(k - pc);
-        for (i, row) in a_block.chunks_exact_mut(KC).enumerate() {
-            row[..kc].copy_from_slice(&a[i * k + pc..][..kc]);
-        }
+        pack_a(&a[pc..], k, m, kc, &mut a_block);
         let overwrite = pc == 0 && !accumulate;
         for jc in js.clone().step_by(NC) {
             let nc = NC.min(js.end - jc);
@@ -144,11 +142,29 @@ unsafe fn columns(
                 let bp = &packed_b.0[jr * KC * NR..][..kc * NR];
                 for s in 0..tiles {
                     let rows = MR.min(m - s * MR);
-                    let ap = &a_block[s * MR * KC..];
+                    let ap = &a_block[s * MR * KC..][..kc * MR];
                     // SAFETY: rows [s·MR, s·MR + rows) and columns [jc + jr·NR, + cols) of c are
                     // inside its m × n values and this task's columns.
                     unsafe { tile(kc, ap, bp, c.at(s * MR * n + jc + jr * NR), n, rows, cols, overwrite) };
                 }
+            }
+        }
+    }
+}
+
+/// Depths `[0, kc)` of a's `m` rows (`lda` apart) in row tiles of `MR`: tile `s` holds, for each
+/// depth, its `MR` values side by side (rows past `m` zero), one stream for the kernel to read.
+fn pack_a(a: &[f32], lda: usize, m: usize, kc: usize, out: &mut [f32]) {
+    for (s, tile) in out.chunks_exact_mut(MR * KC).take(m.div_ceil(MR)).enumerate() {
+        for i in 0..MR {
+            let r = s * MR + i;
+            if r < m {
+                let row = &a[r * lda..][..kc];
+                for (p, &v) in row.iter().enumerate() {
+                    tile[p * MR + i] = v;
+                }
+            } else {
+                (0..kc).for_each(|p| tile[p * MR + i] = 0.0);
             }
         }
     }
@@ -294,7 +310,7 @@ unsafe fn tile(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{KC, MR, NR};
+    use super::{MR, NR};
     use candle_core::DType;
     use std::arch::x86_64::*;
 
@@ -401,8 +417,7 @@ mod avx512 {
     ) {
         let bp = &bp[..kc * NR];
         // a's rows are KC apart; rows past `rows` repeat the last row (their results dropped).
-        let row = |i: usize| &ap[i.min(rows - 1) * KC..][..kc];
-        let a_rows: [&[f32]; MR] = std::array::from_fn(row);
+        let ap = &ap[..kc * MR];
         {
             // The tile's rows of c are written (and read back) at the end: fetch them while the
             // products run.
@@ -424,7 +439,7 @@ mod avx512 {
                 let b0 = _mm512_loadu_ps(bp.as_ptr().add(p * NR));
                 let b1 = _mm512_loadu_ps(bp.as_ptr().add(p * NR + 16));
                 for i in 0..MR {
-                    let ai = _mm512_set1_ps(*a_rows[i].as_ptr().add(p));
+                    let ai = _mm512_set1_ps(*ap.as_ptr().add(p * MR + i));
                     lo[i] = _mm512_fmadd_ps(ai, b0, lo[i]);
                     hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
                 }
