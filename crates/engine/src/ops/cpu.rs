@@ -192,6 +192,33 @@ pub(crate) fn copied(src: &[f32]) -> Vec<f32> {
     v
 }
 
+/// A scratch buffer of f32 kept per thread between calls (`key`'s), returned to it when dropped:
+/// a kernel that needs megabytes of scratch per call neither allocates nor zeroes them each time.
+/// Its values are whatever the last user left: write before reading.
+pub(crate) struct Reused {
+    key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>,
+    pub(crate) values: Vec<f32>,
+}
+
+impl Reused {
+    /// The thread's buffer with at least `len` values (a call running inside another on this
+    /// thread finds it taken and gets a fresh one).
+    pub(crate) fn take(key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>, len: usize) -> Self {
+        let mut values = key.with(|c| c.take());
+        if values.len() < len {
+            values = vec![0f32; len];
+        }
+        Self { key, values }
+    }
+}
+
+impl Drop for Reused {
+    fn drop(&mut self) {
+        let values = std::mem::take(&mut self.values);
+        self.key.with(|c| c.set(values));
+    }
+}
+
 /// [`par_chunks`] over two outputs of the same length, chunked alike.
 pub(crate) fn par_chunks2(
     a: &mut [f32],

@@ -15,7 +15,7 @@
 //! whether the CPU runs it, and callers fall back to widen-then-BLAS.
 
 use super::half::widen_into;
-use crate::ops::cpu::{Shared, threads};
+use crate::ops::cpu::{Reused, Shared, threads};
 use candle_core::DType;
 
 /// Rows of the result per register tile.
@@ -109,8 +109,8 @@ fn product(m: usize, a: &[f32], (w, side): (HalfMatrix, Side), c: &mut [f32], ac
 }
 
 /// Columns `js` of `c` (`m` rows of `n` values), on the calling thread: for each depth block, a's
-/// block copied KC apart, then per column block of B its widened panels, each swept by every row
-/// tile of a.
+/// block packed in row tiles, then per column block of B its widened panels, each swept by every
+/// row tile of a.
 ///
 /// # Safety
 /// `c` must hold `m` rows of `n` values; no other thread may write columns `js` meanwhile.
@@ -125,9 +125,9 @@ unsafe fn columns(
     js: std::ops::Range<usize>,
     accumulate: bool,
 ) {
-    let mut packed_b = PackedB::take();
+    let mut packed_b = Reused::take(&PACKED_B, KC * NC);
     // a's rows are usually a power of two of floats apart, which puts a tile's rows in one L1
-    // set (a third slower): its depth block is copied to rows KC apart first.
+    // set (a third slower): its depth block is packed into one stream per row tile first.
     let tiles = m.div_ceil(MR);
     let mut a_block = vec![0f32; tiles * MR * KC];
     for pc in (0..k).step_by(KC) {
@@ -136,16 +136,22 @@ unsafe fn columns(
         let overwrite = pc == 0 && !accumulate;
         for jc in js.clone().step_by(NC) {
             let nc = NC.min(js.end - jc);
-            pack_b(b, pc..pc + kc, jc..jc + nc, &mut packed_b.0);
+            pack_b(b, pc..pc + kc, jc..jc + nc, &mut packed_b.values);
             for jr in 0..nc.div_ceil(NR) {
                 let cols = NR.min(nc - jr * NR);
-                let bp = &packed_b.0[jr * KC * NR..][..kc * NR];
+                let bp = &packed_b.values[jr * KC * NR..][..kc * NR];
                 for s in 0..tiles {
                     let rows = MR.min(m - s * MR);
                     let ap = &a_block[s * MR * KC..][..kc * MR];
                     // SAFETY: rows [s·MR, s·MR + rows) and columns [jc + jr·NR, + cols) of c are
-                    // inside its m × n values and this task's columns.
-                    unsafe { tile(kc, ap, bp, c.at(s * MR * n + jc + jr * NR), n, rows, cols, overwrite) };
+                    // inside its m × n values and this task's columns; AVX-512 (`product` runs
+                    // only where `available()`, false off x86-64).
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        avx512::tile(kc, ap, bp, c.at(s * MR * n + jc + jr * NR), n, rows, cols, overwrite)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let _ = (ap, bp, rows, cols, overwrite, c);
                 }
             }
         }
@@ -256,56 +262,9 @@ fn widen_one(dtype: DType, bits: u16) -> f32 {
     v[0]
 }
 
-/// The packed block of W, kept per thread between products.
-struct PackedB(Vec<f32>);
-
 thread_local! {
+    /// The packed block of W, kept between products.
     static PACKED_B: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-impl PackedB {
-    fn take() -> Self {
-        let mut v = PACKED_B.with(|c| c.take());
-        if v.len() < KC * NC {
-            v = vec![0f32; KC * NC];
-        }
-        Self(v)
-    }
-}
-
-impl Drop for PackedB {
-    fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        PACKED_B.with(|c| c.set(v));
-    }
-}
-
-/// One register tile: `c[rows, cols] (+)= ap · bp` over depth `kc`.
-///
-/// # Safety
-/// `c` must hold `rows` rows of `cols` values, `ldc` apart; the CPU must run AVX-512 F.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-unsafe fn tile(
-    kc: usize,
-    ap: &[f32],
-    bp: &[f32],
-    c: *mut f32,
-    ldc: usize,
-    rows: usize,
-    cols: usize,
-    overwrite: bool,
-) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        avx512::tile(kc, ap, bp, c, ldc, rows, cols, overwrite)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (kc, ap, bp, c, ldc, rows, cols, overwrite);
-        unreachable!("half gemm kernels run only where `available()` said so");
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -402,7 +361,11 @@ mod avx512 {
         }
     }
 
-    /// See [`super::tile`].
+    /// One register tile: `c[rows, cols] (+)= ap · bp` over depth `kc` (`ap` a packed row tile,
+    /// `bp` a packed panel).
+    ///
+    /// # Safety
+    /// `c` must hold `rows` rows of `cols` values, `ldc` apart; the CPU must run AVX-512 F.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile(
@@ -415,9 +378,7 @@ mod avx512 {
         cols: usize,
         overwrite: bool,
     ) {
-        let bp = &bp[..kc * NR];
-        // a's rows are KC apart; rows past `rows` repeat the last row (their results dropped).
-        let ap = &ap[..kc * MR];
+        let (ap, bp) = (&ap[..kc * MR], &bp[..kc * NR]);
         {
             // The tile's rows of c are written (and read back) at the end: fetch them while the
             // products run.

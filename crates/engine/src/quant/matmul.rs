@@ -7,7 +7,7 @@
 
 use super::{QuantFormat, QuantWeight, half_gemm};
 use crate::ops::amx;
-use crate::ops::cpu::{ELEMENTS_PER_TASK, Mat, sgemm_par_ld, threads, zeroed};
+use crate::ops::cpu::{ELEMENTS_PER_TASK, Mat, Reused, sgemm_par_ld, threads, zeroed};
 use candle_core::backend::BackendStorage;
 use candle_core::{
     CpuStorage, CudaStorage, CustomOp1, DType, Layout, MetalStorage, Result, Shape, Tensor, bail,
@@ -127,11 +127,11 @@ pub(crate) fn quant_matmul_cpu(
     let dst: &mut [f32] = if direct { &mut y[..m * out_dim] } else { &mut scratch };
     let rows = chunk_rows(w);
     // Every value of the chunk buffer is written before it is read: a reused one, not zeroed.
-    let mut buf = WidenedRows::take(rows * k);
+    let mut buf = Reused::take(&WIDENED_ROWS, rows * k);
     let mut r0 = 0;
     while r0 < n {
         let r = rows.min(n - r0);
-        let wb = &mut buf.0[..r * k];
+        let wb = &mut buf.values[..r * k];
         dequantize_rows_par(w, r0, wb)?;
         round_to(compute, wb);
         if transpose {
@@ -155,31 +155,10 @@ pub(crate) fn quant_matmul_cpu(
     Ok(())
 }
 
-/// The buffer a product widens W's rows into, kept per thread between products (allocating and
-/// zeroing 4 MiB per projection cost 3 % of a LoRA step on a 16-bit base).
-struct WidenedRows(Vec<f32>);
-
 thread_local! {
+    /// The buffer a product widens W's rows into, kept between products (allocating and zeroing
+    /// 4 MiB per projection cost 3 % of a LoRA step on a 16-bit base).
     static WIDENED_ROWS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-impl WidenedRows {
-    /// The thread's buffer with at least `len` values (a product running inside another on this
-    /// thread finds it taken and gets a fresh one).
-    fn take(len: usize) -> Self {
-        let mut v = WIDENED_ROWS.with(|c| c.take());
-        if v.len() < len {
-            v = vec![0f32; len];
-        }
-        Self(v)
-    }
-}
-
-impl Drop for WidenedRows {
-    fn drop(&mut self) {
-        let v = std::mem::take(&mut self.0);
-        WIDENED_ROWS.with(|c| c.set(v));
-    }
 }
 
 /// From this many rows on, a 16-bit base is widened a chunk at a time for the BLAS instead of
