@@ -8,7 +8,9 @@
 //!
 //! The bf16 columns are the products of `model.dtype = "bf16"` on the CPU: a bf16 weight as
 //! stored, the input rounded to bf16, f32 accumulation (on the AMX tile unit where the CPU has one;
-//! `FINETUNE_AMX=off` shows the emulation instead).
+//! `FINETUNE_AMX=off` shows the emulation instead). The "stored" columns are an f32 run's products
+//! with that bf16 weight kept as stored (`model.frozen_dtype`): widened as it is packed (below
+//! 384 rows, on CPUs with AVX-512 or AVX2) or chunk by chunk for the BLAS.
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
@@ -57,12 +59,24 @@ fn main() -> Result<()> {
         // For the smallest products the backward is below the timer's noise: say so.
         let backward =
             if bwd > 0.0 { format!("{:6.1} GFLOP/s", flops / bwd / 1e9) } else { "(below noise)".into() };
+        let g = Tensor::randn(0f32, 1.0, (m, n), &dev)?;
         let mut bf16 = QuantWeight::from_half_tensor(&w.to_dtype(DType::BF16)?)?
             .ok_or_else(|| anyhow::anyhow!("a bf16 tensor is a 16-bit store"))?;
         bf16.compute = DType::BF16;
         bf16.prepare_bf16_products();
         let bf16 = Arc::new(bf16);
-        let g = Tensor::randn(0f32, 1.0, (m, n), &dev)?;
+        let stored = Arc::new(
+            QuantWeight::from_half_tensor(&w.to_dtype(DType::BF16)?)?
+                .ok_or_else(|| anyhow::anyhow!("a bf16 tensor is a 16-bit store"))?,
+        );
+        let fwd_stored = best_of(5, || {
+            quant_matmul(x.as_tensor(), &stored)?;
+            Ok(())
+        })?;
+        let bwd_stored = best_of(5, || {
+            quant_matmul_t(&g, &stored)?;
+            Ok(())
+        })?;
         let fwd16 = best_of(5, || {
             quant_matmul(x.as_tensor(), &bf16)?;
             Ok(())
@@ -72,10 +86,13 @@ fn main() -> Result<()> {
             Ok(())
         })?;
         println!(
-            "m {m:4} k {k:4} n {n:4}: x·Wᵀ {:6.1} GFLOP/s, g·W {backward}; bf16: x·Wᵀ {:6.1}, g·W {:6.1}",
+            "m {m:4} k {k:4} n {n:4}: x·Wᵀ {:6.1} GFLOP/s, g·W {backward}; bf16: x·Wᵀ {:6.1}, g·W {:6.1}; \
+             stored: x·Wᵀ {:6.1}, g·W {:6.1}",
             flops / fwd / 1e9,
             flops / fwd16 / 1e9,
-            flops / bwd16 / 1e9
+            flops / bwd16 / 1e9,
+            flops / fwd_stored / 1e9,
+            flops / bwd_stored / 1e9
         );
     }
     Ok(())

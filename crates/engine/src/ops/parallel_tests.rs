@@ -30,12 +30,21 @@ fn output_and_grads(inputs: &[Tensor], op: &dyn Fn(&[Tensor]) -> Result<Tensor>)
     Ok(out)
 }
 
+/// Split across tasks, a kernel computes the same values; only where a task's block goes to the
+/// BLAS on its own may the sums round differently (OpenBLAS's Haswell kernels sum a narrower
+/// block in another order: 3.4e-5 where the largest output is 71), so the bound scales with the
+/// largest value: a task that computed the wrong elements would miss by as much as the values.
 fn assert_same_on_any_thread_count(what: &str, inputs: &[Tensor], op: &dyn Fn(&[Tensor]) -> Result<Tensor>) {
     let one = with_threads(1, || output_and_grads(inputs, op)).expect(what);
     let many = with_threads(4, || output_and_grads(inputs, op)).expect(what);
+    let max_abs = |t: &Tensor| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>();
     for (i, (a, b)) in one.iter().zip(&many).enumerate() {
-        let d = (a - b).and_then(|d| d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()).expect(what);
-        assert!(d <= 1e-6, "{what}: output {i} differs by {d} between 1 and 4 threads");
+        let d = (a - b).and_then(|d| max_abs(&d)).expect(what);
+        let scale = max_abs(a).expect(what).max(1.0);
+        assert!(
+            d <= 2e-6 * scale,
+            "{what}: output {i} differs by {d} (largest value {scale}) between 1 and 4 threads"
+        );
     }
 }
 

@@ -26,7 +26,7 @@ pub(crate) use matmul::quant_matmul_cpu;
 pub use matmul::{quant_matmul, quant_matmul_t};
 
 /// Whether this CPU multiplies f32 inputs by a 16-bit frozen weight without an f32 copy of it
-/// (AVX-512 kernels that widen W as they pack it): where true, `model.frozen_dtype = "auto"`
+/// (AVX-512 or AVX2 kernels that widen W as they pack it): where true, `model.frozen_dtype = "auto"`
 /// keeps a bf16/f16 base as stored.
 pub fn fused_half_products() -> bool {
     half_gemm::available()
