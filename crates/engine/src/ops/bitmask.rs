@@ -3,7 +3,8 @@
 //! each 8 bits are spread over a vector's lanes and select; elsewhere a scalar loop. Testing each
 //! element's bit one at a time was a sixth of a LoRA step with the default dropout.
 
-use super::vexp::{avx2, avx512};
+use super::cpu::avx2_fma as avx2;
+use super::vexp::avx512;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -64,24 +65,33 @@ pub(crate) fn add_scaled(bits: &[u64], first: usize, t: &[f32], scale: f32, acc:
     }
 }
 
+/// Calls `group(at, bits)` for every `lanes`-element group of the first `words` words from element
+/// `first` on: `at` the group's first element (from `first`), `bits` the word shifted to put the
+/// group's bits lowest.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn each_group(bits: &[u64], first: usize, words: usize, lanes: usize, mut group: impl FnMut(usize, u64)) {
+    for w in 0..words {
+        let word = bits[first / 64 + w];
+        for q in 0..64 / lanes {
+            group(64 * w + lanes * q, word >> (lanes * q));
+        }
+    }
+}
+
 /// The whole 64-element words of [`scaled`]; returns how many elements it wrote.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn scaled_avx512(bits: &[u64], first: usize, x: &[f32], scale: f32, out: &mut [f32]) -> usize {
     let words = out.len() / 64;
     let s = _mm512_set1_ps(scale);
-    for w in 0..words {
-        let word = bits[first / 64 + w];
-        for q in 0..4 {
-            let at = 64 * w + 16 * q;
-            let k = (word >> (16 * q)) as __mmask16;
-            // SAFETY: `at + 16 ≤ 64 · words ≤ out.len() ≤ x.len()`.
-            unsafe {
-                let v = _mm512_maskz_mul_ps(k, _mm512_loadu_ps(x.as_ptr().add(at)), s);
-                _mm512_storeu_ps(out.as_mut_ptr().add(at), v);
-            }
+    each_group(bits, first, words, 16, |at, group| {
+        // SAFETY: `at + 16 ≤ 64 · words ≤ out.len() ≤ x.len()`.
+        unsafe {
+            let v = _mm512_maskz_mul_ps(group as __mmask16, _mm512_loadu_ps(x.as_ptr().add(at)), s);
+            _mm512_storeu_ps(out.as_mut_ptr().add(at), v);
         }
-    }
+    });
     64 * words
 }
 
@@ -91,19 +101,14 @@ unsafe fn scaled_avx512(bits: &[u64], first: usize, x: &[f32], scale: f32, out: 
 unsafe fn add_scaled_avx512(bits: &[u64], first: usize, t: &[f32], scale: f32, acc: &mut [f32]) -> usize {
     let words = acc.len() / 64;
     let s = _mm512_set1_ps(scale);
-    for w in 0..words {
-        let word = bits[first / 64 + w];
-        for q in 0..4 {
-            let at = 64 * w + 16 * q;
-            let k = (word >> (16 * q)) as __mmask16;
-            // SAFETY: `at + 16 ≤ 64 · words ≤ acc.len() ≤ t.len()`.
-            unsafe {
-                let a = _mm512_loadu_ps(acc.as_ptr().add(at));
-                let v = _mm512_mask3_fmadd_ps(_mm512_loadu_ps(t.as_ptr().add(at)), s, a, k);
-                _mm512_storeu_ps(acc.as_mut_ptr().add(at), v);
-            }
+    each_group(bits, first, words, 16, |at, group| {
+        // SAFETY: `at + 16 ≤ 64 · words ≤ acc.len() ≤ t.len()`.
+        unsafe {
+            let a = _mm512_loadu_ps(acc.as_ptr().add(at));
+            let v = _mm512_mask3_fmadd_ps(_mm512_loadu_ps(t.as_ptr().add(at)), s, a, group as __mmask16);
+            _mm512_storeu_ps(acc.as_mut_ptr().add(at), v);
         }
-    }
+    });
     64 * words
 }
 
@@ -123,17 +128,13 @@ fn lanes8(bits: u64) -> __m256 {
 unsafe fn scaled_avx2(bits: &[u64], first: usize, x: &[f32], scale: f32, out: &mut [f32]) -> usize {
     let words = out.len() / 64;
     let s = _mm256_set1_ps(scale);
-    for w in 0..words {
-        let word = bits[first / 64 + w];
-        for q in 0..8 {
-            let at = 64 * w + 8 * q;
-            // SAFETY: `at + 8 ≤ 64 · words ≤ out.len() ≤ x.len()`.
-            unsafe {
-                let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(at)), s);
-                _mm256_storeu_ps(out.as_mut_ptr().add(at), _mm256_and_ps(v, lanes8(word >> (8 * q))));
-            }
+    each_group(bits, first, words, 8, |at, group| {
+        // SAFETY: `at + 8 ≤ 64 · words ≤ out.len() ≤ x.len()`.
+        unsafe {
+            let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(at)), s);
+            _mm256_storeu_ps(out.as_mut_ptr().add(at), _mm256_and_ps(v, lanes8(group)));
         }
-    }
+    });
     64 * words
 }
 
@@ -143,19 +144,14 @@ unsafe fn scaled_avx2(bits: &[u64], first: usize, x: &[f32], scale: f32, out: &m
 unsafe fn add_scaled_avx2(bits: &[u64], first: usize, t: &[f32], scale: f32, acc: &mut [f32]) -> usize {
     let words = acc.len() / 64;
     let s = _mm256_set1_ps(scale);
-    for w in 0..words {
-        let word = bits[first / 64 + w];
-        for q in 0..8 {
-            let at = 64 * w + 8 * q;
-            // SAFETY: `at + 8 ≤ 64 · words ≤ acc.len() ≤ t.len()`.
-            unsafe {
-                let a = _mm256_loadu_ps(acc.as_ptr().add(at));
-                let v = _mm256_fmadd_ps(_mm256_loadu_ps(t.as_ptr().add(at)), s, a);
-                let kept = _mm256_blendv_ps(a, v, lanes8(word >> (8 * q)));
-                _mm256_storeu_ps(acc.as_mut_ptr().add(at), kept);
-            }
+    each_group(bits, first, words, 8, |at, group| {
+        // SAFETY: `at + 8 ≤ 64 · words ≤ acc.len() ≤ t.len()`.
+        unsafe {
+            let a = _mm256_loadu_ps(acc.as_ptr().add(at));
+            let v = _mm256_fmadd_ps(_mm256_loadu_ps(t.as_ptr().add(at)), s, a);
+            _mm256_storeu_ps(acc.as_mut_ptr().add(at), _mm256_blendv_ps(a, v, lanes8(group)));
         }
-    }
+    });
     64 * words
 }
 

@@ -73,6 +73,24 @@ pub(crate) fn avx512_wide() -> bool {
     }
 }
 
+/// Whether the CPU runs AVX2, FMA and F16C (every CPU with the first two has the third): the
+/// vector loops for CPUs without AVX-512.
+pub(crate) fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 #[inline(always)]
 fn add_chunk<V: Value>(acc: &mut [V], src: &[V]) {
     let src = &src[..acc.len()];

@@ -8,6 +8,7 @@
 //! bits): within 2 ulp of the exact value wherever that is a normal float, 0 below it, +∞ above
 //! `f32::MAX`'s logarithm, NaN for NaN.
 
+use super::cpu::avx2_fma as avx2;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -28,19 +29,6 @@ pub(crate) fn avx512() -> bool {
 pub(crate) fn silu_scalar(x: f32) -> (f32, f32) {
     let s = 1.0 / (1.0 + (-x).exp());
     (x * s, s * (1.0 + x * (1.0 - s)))
-}
-
-/// Whether the CPU runs AVX2 and FMA (the loops here and in [`super::bitmask`] where AVX-512 is
-/// missing).
-pub(crate) fn avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// `xs[i] ← e^(xs[i] − shift)`.

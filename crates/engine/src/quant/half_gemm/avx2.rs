@@ -12,11 +12,6 @@ const MR: usize = 6;
 /// Columns of the result per register tile: two 8-lane vectors.
 const NR: usize = 16;
 
-/// Whether the CPU runs this kernel (AVX2, FMA and F16C).
-pub(super) fn supported() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
-}
-
 /// 8 values of bf16 (or f16) bits widened to f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -124,18 +119,7 @@ unsafe fn tile(
             }
         }
     };
-    let mut p = 0;
-    while p + 4 <= kc {
-        step(p, &mut lo, &mut hi);
-        step(p + 1, &mut lo, &mut hi);
-        step(p + 2, &mut lo, &mut hi);
-        step(p + 3, &mut lo, &mut hi);
-        p += 4;
-    }
-    while p < kc {
-        step(p, &mut lo, &mut hi);
-        p += 1;
-    }
+    super::each_depth(kc, |p| step(p, &mut lo, &mut hi));
     for i in 0..rows {
         // SAFETY: row i < rows of c; only its first `cols` values are read or written.
         unsafe {

@@ -132,18 +132,7 @@ unsafe fn tile(
             }
         }
     };
-    let mut p = 0;
-    while p + 4 <= kc {
-        step(p, &mut lo, &mut hi);
-        step(p + 1, &mut lo, &mut hi);
-        step(p + 2, &mut lo, &mut hi);
-        step(p + 3, &mut lo, &mut hi);
-        p += 4;
-    }
-    while p < kc {
-        step(p, &mut lo, &mut hi);
-        p += 1;
-    }
+    super::each_depth(kc, |p| step(p, &mut lo, &mut hi));
     let mask = |from: usize| -> __mmask16 {
         let n = cols.saturating_sub(from).min(16);
         if n == 16 { 0xffff } else { ((1u32 << n) - 1) as __mmask16 }

@@ -71,6 +71,24 @@ trait Kernel {
     unsafe fn widen_transpose(dtype: DType, src: *const u16, src_ld: usize, dst: *mut f32, dst_ld: usize);
 }
 
+/// Calls `step(p)` for every depth `p < kc`, four to a loop iteration so that a tile's FMA
+/// chains of consecutive depths overlap.
+#[inline(always)]
+fn each_depth(kc: usize, mut step: impl FnMut(usize)) {
+    let mut p = 0;
+    while p + 4 <= kc {
+        step(p);
+        step(p + 1);
+        step(p + 2);
+        step(p + 3);
+        p += 4;
+    }
+    while p < kc {
+        step(p);
+        p += 1;
+    }
+}
+
 /// The kernel this CPU runs, if any.
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Isa {
@@ -84,7 +102,7 @@ fn isa() -> Option<Isa> {
         if crate::ops::cpu::avx512_wide() {
             return Some(Isa::Avx512);
         }
-        if avx2::supported() {
+        if crate::ops::cpu::avx2_fma() {
             return Some(Isa::Avx2);
         }
     }
@@ -352,7 +370,7 @@ mod tests {
                 check("avx512", &|p| p.run::<avx512::Avx512>());
                 ran = true;
             }
-            if avx2::supported() {
+            if crate::ops::cpu::avx2_fma() {
                 check("avx2", &|p| p.run::<avx2::Avx2>());
                 ran = true;
             }
