@@ -99,22 +99,10 @@ fn add_chunk<V: Value>(acc: &mut [V], src: &[V]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn add_chunk_avx512<V: Value>(acc: &mut [V], src: &[V]) {
-    add_chunk(acc, src)
-}
+super::simd::widest_simd!(fn add<V: Value>(acc: &mut [V], src: &[V]) => add_chunk);
 
 /// `acc[i] += src[i]` (rounded back for bf16), across the pool for long slices.
 pub(crate) fn add_assign<V: Value>(acc: &mut [V], src: &[V]) {
-    let add = |a: &mut [V], b: &[V]| {
-        #[cfg(target_arch = "x86_64")]
-        if avx512_wide() {
-            // SAFETY: the CPU has AVX-512 F/BW/VL (checked).
-            return unsafe { add_chunk_avx512(a, b) };
-        }
-        add_chunk(a, b)
-    };
     if threads() > 1 && acc.len() > ELEMENTS_PER_TASK {
         use rayon::prelude::*;
         acc.par_chunks_mut(ELEMENTS_PER_TASK)

@@ -22,6 +22,7 @@ mod lora_linear;
 mod norm;
 mod residual_projection;
 mod rope;
+pub(crate) mod simd;
 mod vexp;
 pub mod weight_grads;
 

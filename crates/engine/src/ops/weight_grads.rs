@@ -107,21 +107,24 @@ mod tests {
         Ok(())
     }
 
-    /// In-place accumulation gives candle's sums, bf16 rounded as candle rounds, across the pool
-    /// too; a tensor that is part of a graph is never changed in place.
+    /// In-place accumulation gives candle's sums, bf16 rounded as candle rounds, at every vector
+    /// width the CPU has and across the pool too (whose threads run the widest); a tensor that is
+    /// part of a graph is never changed in place.
     #[test]
     fn accumulating_in_place_adds_like_candle() -> Result<()> {
         let dev = Device::Cpu;
-        for threads in [1, 3] {
-            crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(Some(threads)));
-            for dtype in [DType::F32, DType::BF16] {
-                let a = randn(&[70_000], 1, &dev)?.to_dtype(dtype)?;
-                let b = randn(&[70_000], 2, &dev)?.to_dtype(dtype)?;
-                let want = (&a + &b)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                let got = accumulate(a.copy()?, &b)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "{dtype:?}");
+        let mut checks = Vec::new();
+        crate::ops::simd::with_each_level(|level| {
+            for threads in [1, 3] {
+                crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(Some(threads)));
+                for dtype in [DType::F32, DType::BF16] {
+                    checks.push((level, threads, dtype, same_sums(dtype)));
+                }
+                crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(None));
             }
-            crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(None));
+        });
+        for (level, threads, dtype, same) in checks {
+            assert!(same?, "{level:?}, {threads} threads, {dtype:?}");
         }
         let v = Var::from_tensor(&randn(&[4], 3, &dev)?)?;
         let tracked = (v.as_tensor() * 2.0)?;
@@ -130,5 +133,15 @@ mod tests {
         assert_eq!(tracked.to_vec1::<f32>()?, before, "a graph tensor stays as it was");
         assert!(sum.to_vec1::<f32>()? != before);
         Ok(())
+    }
+
+    /// Whether accumulating in place gives candle's `a + b` bit for bit.
+    fn same_sums(dtype: DType) -> Result<bool> {
+        let dev = Device::Cpu;
+        let a = randn(&[70_001], 1, &dev)?.to_dtype(dtype)?;
+        let b = randn(&[70_001], 2, &dev)?.to_dtype(dtype)?;
+        let want = (&a + &b)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let got = accumulate(a.copy()?, &b)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()))
     }
 }

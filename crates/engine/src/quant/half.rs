@@ -55,32 +55,35 @@ pub(crate) fn widen_into(dtype: DType, src: &[u16], out: &mut [f32]) {
     }
 }
 
-/// bf16 bits to f32: the top half of an f32, a shift. The loop is memory-bound; on AVX-512 it
-/// moves a whole cache line of bf16 per step (the baseline build's SSE2 moves 8 bytes).
-pub(crate) fn widen_bf16(src: &[u16], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::ops::cpu::avx512_wide() {
-        // SAFETY: the CPU has AVX-512 F/BW/VL (checked).
-        return unsafe { widen_bf16_avx512(src, out) };
-    }
-    widen_bf16_chunk(src, out)
-}
-
 #[inline(always)]
 fn widen_bf16_chunk(src: &[u16], out: &mut [f32]) {
     out.iter_mut().zip(src).for_each(|(o, &b)| *o = f32::from_bits((b as u32) << 16))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn widen_bf16_avx512(src: &[u16], out: &mut [f32]) {
-    widen_bf16_chunk(src, out)
-}
+crate::ops::simd::widest_simd!(
+    /// bf16 bits to f32: the top half of an f32, a shift. The loop is memory-bound; on AVX-512 it
+    /// moves a whole cache line of bf16 per step (the baseline build's SSE2 moves 8 bytes).
+    pub(crate) fn widen_bf16(src: &[u16], out: &mut [f32]) => widen_bf16_chunk
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// Every bf16 bit pattern widens to the f32 with those top bits, at every vector width.
+    #[test]
+    fn bf16_widening_is_a_shift_at_every_width() {
+        // All 65536 patterns, and one more so that no width divides the length.
+        let bits: Vec<u16> = (0..=u16::MAX).chain([0x3f80]).collect();
+        crate::ops::simd::with_each_level(|level| {
+            let mut out = vec![f32::NAN; bits.len()];
+            widen_bf16(&bits, &mut out);
+            for (&b, o) in bits.iter().zip(&out) {
+                assert_eq!(o.to_bits(), (b as u32) << 16, "{level:?}: {b:#06x}");
+            }
+        });
+    }
 
     #[test]
     fn widening_is_exact_for_both_formats() -> candle_core::Result<()> {

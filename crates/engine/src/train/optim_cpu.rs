@@ -5,7 +5,8 @@
 //! operation for operation (scalars rounded to f32 the way candle's `affine` rounds them), so both
 //! paths give bit-identical parameters.
 
-use crate::ops::cpu::{Value, avx512_wide};
+use crate::ops::cpu::Value;
+use crate::ops::simd::widest_simd;
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Tensor, bail};
 use std::cell::RefCell;
 
@@ -78,25 +79,11 @@ impl<'a> FusedUpdate<'a> {
 /// chunk, across the pool), or `None` for another dtype or device.
 pub(super) fn sum_squares(t: &Tensor) -> Result<Option<f64>> {
     fn sum<V: Value>(v: &[V]) -> f64 {
-        // Sixteen running f32 sums (one vector register), so the loop vectorises.
-        let chunk = |c: &[V]| {
-            let mut lanes = [0f32; 16];
-            let mut rows = c.chunks_exact(16);
-            for row in &mut rows {
-                for (l, x) in lanes.iter_mut().zip(row) {
-                    *l += x.widen() * x.widen();
-                }
-            }
-            let tail: f32 = rows.remainder().iter().map(|x| x.widen() * x.widen()).sum();
-            lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64
-        };
-        // f32 sums over short chunks (vectorised), f64 across them.
-        let block = |b: &[V]| b.chunks(1024).map(chunk).sum::<f64>();
         if crate::ops::cpu::threads() > 1 && v.len() > 1 << 16 {
             use rayon::prelude::*;
-            v.par_chunks(1 << 15).map(block).sum()
+            v.par_chunks(1 << 15).map(sum_squares_block).sum()
         } else {
-            block(v)
+            sum_squares_block(v)
         }
     }
     if !t.device().is_cpu() {
@@ -112,6 +99,35 @@ pub(super) fn sum_squares(t: &Tensor) -> Result<Option<f64>> {
         _ => None,
     })
 }
+
+/// The sum of squares of a block: f32 sums over short chunks, each in sixteen running sums (one
+/// AVX-512 register, two AVX2 ones) so that the loop vectorises, and f64 across the chunks.
+/// Plain loops, no closures: a closure the compiler leaves out of line runs at the baseline width.
+#[inline(always)]
+fn block_squares<V: Value>(b: &[V]) -> f64 {
+    let mut total = 0f64;
+    for c in b.chunks(1024) {
+        let mut lanes = [0f32; 16];
+        let mut rows = c.chunks_exact(16);
+        for row in &mut rows {
+            for (l, x) in lanes.iter_mut().zip(row) {
+                *l += x.widen() * x.widen();
+            }
+        }
+        let mut tail = 0f32;
+        for x in rows.remainder() {
+            tail += x.widen() * x.widen();
+        }
+        let mut sum = 0f64;
+        for l in lanes {
+            sum += l as f64;
+        }
+        total += sum + tail as f64;
+    }
+    total
+}
+
+widest_simd!(fn sum_squares_block<V: Value>(b: &[V]) -> f64 => block_squares);
 
 /// The per-step constants as the f32 values the arithmetic uses.
 #[derive(Clone, Copy)]
@@ -154,27 +170,10 @@ fn update_chunk<P: Value, G: Value>(c: &Consts, p: &mut [P], m: &mut [f32], v: &
     }
 }
 
-/// [`update_chunk`] compiled for AVX-512 (16 values per instruction, the same bits).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn update_chunk_avx512<P: Value, G: Value>(
-    c: &Consts,
-    p: &mut [P],
-    m: &mut [f32],
-    v: &mut [f32],
-    g: &[G],
-) {
-    update_chunk(c, p, m, v, g)
-}
-
-fn update<P: Value, G: Value>(c: &Consts, p: &mut [P], m: &mut [f32], v: &mut [f32], g: &[G]) {
-    #[cfg(target_arch = "x86_64")]
-    if avx512_wide() {
-        // SAFETY: the CPU has AVX-512 F/BW/VL (checked).
-        return unsafe { update_chunk_avx512(c, p, m, v, g) };
-    }
-    update_chunk(c, p, m, v, g)
-}
+widest_simd!(
+    /// [`update_chunk`] at the CPU's widest vectors (the same bits at every width).
+    fn update<P: Value, G: Value>(c: &Consts, p: &mut [P], m: &mut [f32], v: &mut [f32], g: &[G]) => update_chunk
+);
 
 impl FusedUpdate<'_> {
     fn run<P: Value, G: Value>(&self, p: &mut [P], g: &[G]) {
@@ -253,17 +252,41 @@ mod tests {
         }
     }
 
-    /// Three steps of the fused pass (sequential, and split across threads) and of the tensor
-    /// ops from the same state: identical bits, for f32 and bf16 parameters.
+    /// Three steps of the fused pass (sequential, and split across threads, at every vector
+    /// width the CPU has) and of the tensor ops from the same state: identical bits, for f32 and
+    /// bf16 parameters.
     #[test]
     fn the_fused_pass_is_bit_identical_to_the_tensor_ops() -> Result<()> {
-        for dtype in [DType::F32, DType::BF16] {
-            for threads in [1, 4] {
-                crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(Some(threads)));
-                let r = three_steps_both_ways(70_000, dtype);
-                crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(None));
-                r?;
+        let mut runs = Vec::new();
+        crate::ops::simd::with_each_level(|level| {
+            for dtype in [DType::F32, DType::BF16] {
+                for threads in [1, 4] {
+                    crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(Some(threads)));
+                    runs.push((level, three_steps_both_ways(70_001, dtype)));
+                    crate::ops::cpu::THREADS_OVERRIDE.with(|c| c.set(None));
+                }
             }
+        });
+        for (level, r) in runs {
+            r.map_err(|e| candle_core::Error::Msg(format!("{level:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The one-pass sum of squares is the f64 sum of the squares, within f32 rounding, at every
+    /// vector width (the same bits at each).
+    #[test]
+    fn the_sum_of_squares_is_the_same_at_every_width() -> Result<()> {
+        let values: Vec<f32> = (0..70_001).map(|i| ((i * 7919) % 1999) as f32 / 700.0 - 1.4).collect();
+        let exact: f64 = values.iter().map(|&x| x as f64 * x as f64).sum();
+        let t = Tensor::from_slice(&values, values.len(), &Device::Cpu)?;
+        let mut sums = Vec::new();
+        crate::ops::simd::with_each_level(|level| sums.push((level, sum_squares(&t))));
+        let first =
+            sums[0].1.as_ref().map_err(|e| candle_core::Error::Msg(e.to_string()))?.expect("f32 on the CPU");
+        assert!((first - exact).abs() <= 1e-5 * exact, "{first} vs {exact}");
+        for (level, sum) in sums {
+            assert_eq!(sum?.map(f64::to_bits), Some(first.to_bits()), "{level:?}");
         }
         Ok(())
     }
