@@ -10,7 +10,6 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Simd {
     /// The build's own target: SSE2 on x86-64, whatever the target has elsewhere.
-    #[cfg_attr(not(test), allow(dead_code))] // `runs` answers for it; only tests ask.
     Baseline,
     /// AVX2 with FMA and F16C ([`super::cpu::avx2_fma`]).
     Avx2,
@@ -18,8 +17,8 @@ pub(crate) enum Simd {
     Avx512,
 }
 
-/// Whether a [`widest_simd!`] function may run at `level` here: the CPU has it and (in tests)
-/// no narrower cap is set.
+/// Whether code picked by vector width ([`widest_simd!`] functions, the stored-base product
+/// kernels) may run at `level` here: the CPU has it and (in tests) no narrower cap is set.
 #[inline]
 pub(crate) fn runs(level: Simd) -> bool {
     #[cfg(test)]
@@ -30,6 +29,18 @@ pub(crate) fn runs(level: Simd) -> bool {
         Simd::Baseline => true,
         Simd::Avx2 => super::cpu::avx2_fma(),
         Simd::Avx512 => super::cpu::avx512_wide(),
+    }
+}
+
+/// The widest level that [`runs`] here.
+#[inline]
+pub(crate) fn widest() -> Simd {
+    if runs(Simd::Avx512) {
+        Simd::Avx512
+    } else if runs(Simd::Avx2) {
+        Simd::Avx2
+    } else {
+        Simd::Baseline
     }
 }
 
@@ -69,13 +80,12 @@ macro_rules! widest_simd {
                 unsafe fn avx2 $(<$($g: $bound),*>)? ($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
-                if $crate::ops::simd::runs($crate::ops::simd::Simd::Avx512) {
+                match $crate::ops::simd::widest() {
                     // SAFETY: the CPU runs AVX-512 F/BW/VL (checked).
-                    return unsafe { avx512($($arg),*) };
-                }
-                if $crate::ops::simd::runs($crate::ops::simd::Simd::Avx2) {
+                    $crate::ops::simd::Simd::Avx512 => return unsafe { avx512($($arg),*) },
                     // SAFETY: the CPU runs AVX2, FMA and F16C (checked).
-                    return unsafe { avx2($($arg),*) };
+                    $crate::ops::simd::Simd::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::ops::simd::Simd::Baseline => {}
                 }
             }
             $body($($arg),*)
@@ -107,6 +117,7 @@ mod tests {
         });
         assert_eq!(seen[0].0, Simd::Baseline);
         assert!(seen.iter().all(|&(_, bits)| bits == seen[0].1), "{seen:?}");
+        assert_eq!(seen.last().map(|s| s.0), Some(widest()), "the widest level runs last");
         assert!(
             runs(Simd::Baseline) && runs(Simd::Avx2) == super::super::cpu::avx2_fma(),
             "the cap is lifted"

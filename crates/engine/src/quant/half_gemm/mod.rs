@@ -22,6 +22,7 @@ mod avx512;
 
 use super::half::widen_into;
 use crate::ops::cpu::{Reused, Shared, threads};
+use crate::ops::simd::{self, Simd};
 use candle_core::DType;
 
 /// Depth of one packed block: a `KC × NR` panel of W (32 KiB for AVX-512) stays in L1 while
@@ -89,29 +90,9 @@ fn each_depth(kc: usize, mut step: impl FnMut(usize)) {
     }
 }
 
-/// The kernel this CPU runs, if any.
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Isa {
-    Avx512,
-    Avx2,
-}
-
-fn isa() -> Option<Isa> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::ops::cpu::avx512_wide() {
-            return Some(Isa::Avx512);
-        }
-        if crate::ops::cpu::avx2_fma() {
-            return Some(Isa::Avx2);
-        }
-    }
-    None
-}
-
 /// Whether the CPU runs one of these kernels (AVX-512 F, BW and VL; or AVX2, FMA and F16C).
 pub(crate) fn available() -> bool {
-    isa().is_some()
+    simd::widest() > Simd::Baseline
 }
 
 /// A frozen weight W `[rows, cols]` of bf16 or f16 bits, row-major.
@@ -147,11 +128,11 @@ pub(crate) fn input_gradient(m: usize, g: &[f32], w: HalfMatrix, dx: &mut [f32],
 /// `c[m, n] (+)= a[m, k] · B` for B = W or Wᵀ (`[k, n]`), all row-major. The columns of c are
 /// split across the kernel pool; each task packs its own blocks of B.
 fn product(m: usize, a: &[f32], b: (HalfMatrix, Side), c: &mut [f32], accumulate: bool) -> bool {
-    match isa() {
+    match simd::widest() {
         #[cfg(target_arch = "x86_64")]
-        Some(Isa::Avx512) => product_with::<avx512::Avx512>(m, a, b, c, accumulate),
+        Simd::Avx512 => product_with::<avx512::Avx512>(m, a, b, c, accumulate),
         #[cfg(target_arch = "x86_64")]
-        Some(Isa::Avx2) => product_with::<avx2::Avx2>(m, a, b, c, accumulate),
+        Simd::Avx2 => product_with::<avx2::Avx2>(m, a, b, c, accumulate),
         _ => return false,
     }
     true
@@ -364,17 +345,19 @@ mod tests {
     /// Runs `check` with every kernel this CPU runs (with a name for messages).
     fn with_each_kernel(check: impl Fn(&str, &dyn Fn(Probe))) {
         let mut ran = false;
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::ops::cpu::avx512_wide() {
+        simd::with_each_level(|level| match level {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => {
                 check("avx512", &|p| p.run::<avx512::Avx512>());
                 ran = true;
             }
-            if crate::ops::cpu::avx2_fma() {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2 => {
                 check("avx2", &|p| p.run::<avx2::Avx2>());
                 ran = true;
             }
-        }
+            _ => {}
+        });
         if !ran {
             eprintln!("skipped: the CPU runs neither kernel");
         }
